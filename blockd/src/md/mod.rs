@@ -1,0 +1,1 @@
+//! On-disk metadata. TO BE WRITTEN (metadata work).

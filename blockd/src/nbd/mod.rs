@@ -1,0 +1,1 @@
+//! NBD frontend. TO BE WRITTEN (nbd work).

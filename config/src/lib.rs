@@ -1,0 +1,1 @@
+//! hablock's configuration file. TO BE WRITTEN (config work).

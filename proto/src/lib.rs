@@ -1,0 +1,11 @@
+//! hablock's wire formats, with no I/O.
+//!
+//! - [`peer`]: the replication protocol spoken between the two `blockd` of a resource
+//!   over TCP (handshake, authentication, data, acks, resync, verify).
+//! - [`control`]: the control protocol on the Unix socket in the run directory
+//!   (`blockctl` and `clusterd` talk to `blockd` through it).
+//! - [`types`]: the state enums both protocols and the status output share.
+
+pub mod control;
+pub mod peer;
+pub mod types;

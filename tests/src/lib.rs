@@ -1,0 +1,1 @@
+//! Harness for hablock end-to-end tests.
