@@ -5,7 +5,13 @@
 //! - [`engine`]: the sans-IO replication engine (protocol C, resync, split brain,
 //!   verify): events in, actions out.
 //! - [`nbd`]: the NBD frontend (fixed-newstyle server on a Unix socket).
-//! - [`daemon`]: the thin shell that runs engines over tokio, io and sockets.
+//! - [`daemon`]: the thin shell that runs engines over tokio, files and sockets.
+//! - [`client`]: the control-socket client `blockctl` uses.
+//! - [`cli`]: options shared by the binaries.
 
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod engine;
 pub mod md;
 pub mod nbd;

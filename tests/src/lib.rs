@@ -1,1 +1,371 @@
-//! Harness for hablock end-to-end tests.
+//! Harness for hablock's end-to-end tests on the host: two real `blockd` processes on
+//! loopback addresses with real backing files, driven through their NBD exports by
+//! real clients (`qemu-io`, `fio`, `nbdinfo`), killed with SIGKILL and restarted.
+//!
+//! Every pair lives in its own temporary directory with its own ports; processes are
+//! killed and files removed when the [`Pair`] is dropped, also when a test fails (and
+//! then the daemons' logs are printed).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+/// The two node names (the lab's).
+pub const NODES: [&str; 2] = ["master", "slave"];
+
+/// Where the hablock binaries are: `$HABLOCK_BIN_DIR`, or the cargo target directory
+/// this test binary runs from.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("HABLOCK_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            // target/<profile>/deps/<test> -> target/<profile>
+            exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+        }
+    };
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`) or set HABLOCK_BIN_DIR",
+        p.display()
+    );
+    p
+}
+
+/// Fails loudly when a client program the tests rely on is missing.
+pub fn require_tool(name: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "{name} is not installed: run scripts/setup (the test cannot run without it)");
+}
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A replication port no other test of this run uses.
+fn free_port() -> u16 {
+    if NEXT_PORT.load(Ordering::SeqCst) == 0 {
+        let base = 20000 + (std::process::id() % 2000) as u16 * 10;
+        let _ = NEXT_PORT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    loop {
+        let p = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Settings of a test pair.
+#[derive(Debug, Clone)]
+pub struct PairOptions {
+    /// Backing file size.
+    pub size_bytes: u64,
+    /// `after_sb_0pri`.
+    pub after_sb_0pri: String,
+    /// `after_sb_1pri`.
+    pub after_sb_1pri: String,
+    /// `resync_rate`.
+    pub resync_rate: String,
+    /// Extra lines appended to `[resources.r0]`.
+    pub extra: String,
+}
+
+impl Default for PairOptions {
+    fn default() -> Self {
+        PairOptions {
+            size_bytes: 64 << 20,
+            after_sb_0pri: "disconnect".into(),
+            after_sb_1pri: "disconnect".into(),
+            resync_rate: "1GiB".into(),
+            extra: String::new(),
+        }
+    }
+}
+
+/// Two blockd nodes on this host.
+pub struct Pair {
+    /// The temporary directory.
+    pub dir: tempfile::TempDir,
+    /// The config file.
+    pub config: PathBuf,
+    /// The replication port.
+    pub port: u16,
+    procs: [Option<Child>; 2],
+}
+
+fn idx(node: &str) -> usize {
+    if node == NODES[0] {
+        0
+    } else {
+        1
+    }
+}
+
+impl Pair {
+    /// Writes the config, the secret and the backing files; starts nothing.
+    pub fn new(opts: PairOptions) -> Result<Pair> {
+        let dir = tempfile::Builder::new().prefix("hablock-test-").tempdir_in("/var/tmp")?;
+        let port = free_port();
+        let secret = dir.path().join("secret");
+        fs::write(&secret, format!("test-secret-{}\n", port))?;
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600))?;
+        for n in NODES {
+            let f = fs::File::create(dir.path().join(format!("{n}.img")))?;
+            f.set_len(opts.size_bytes)?;
+            fs::create_dir_all(dir.path().join(format!("run-{n}")))?;
+        }
+        let d = dir.path().display();
+        let config = dir.path().join("hablock.toml");
+        let text = format!(
+            r#"[cluster]
+name = "test"
+secret_file = "{d}/secret"
+
+[nodes.master]
+address = "127.0.0.1"
+heartbeat = ["127.0.0.1"]
+
+[nodes.slave]
+address = "127.0.0.2"
+heartbeat = ["127.0.0.2"]
+
+[heartbeat]
+port = {hb}
+keepalive = "500ms"
+warntime = "2s"
+deadtime = "3s"
+initdead = "10s"
+auto_failback = true
+
+[resources.r0]
+port = {port}
+backing = "{d}/{{node}}.img"
+metadata = "internal"
+protocol = "C"
+nbd_socket = "{d}/run-{{node}}/r0.nbd"
+resync_rate = "{rate}"
+verify_alg = "crc32c"
+after_sb_0pri = "{p0}"
+after_sb_1pri = "{p1}"
+after_sb_2pri = "disconnect"
+peer_timeout = "2s"
+{extra}
+"#,
+            hb = port + 1000,
+            rate = opts.resync_rate,
+            p0 = opts.after_sb_0pri,
+            p1 = opts.after_sb_1pri,
+            extra = opts.extra,
+        );
+        fs::write(&config, text)?;
+        Ok(Pair { dir, config, port, procs: [None, None] })
+    }
+
+    /// A pair with metadata created on both nodes, both daemons started and connected.
+    pub fn started(opts: PairOptions) -> Result<Pair> {
+        let mut p = Pair::new(opts)?;
+        for n in NODES {
+            p.blockctl_ok(n, &["create-md", "r0"])?;
+        }
+        for n in NODES {
+            p.start(n)?;
+        }
+        p.wait_for(NODES[0], "connected", |s| s["connection"] == "Connected")?;
+        Ok(p)
+    }
+
+    /// A started pair where master was forced Primary and the initial sync finished.
+    pub fn synced(opts: PairOptions) -> Result<Pair> {
+        let p = Pair::started(opts)?;
+        p.blockctl_ok(NODES[0], &["primary", "--force", "r0"])?;
+        p.wait_for(NODES[0], "initial sync", |s| s["connection"] == "Connected" && s["peer_disk"] == "UpToDate")?;
+        p.wait_for(NODES[1], "initial sync on the peer", |s| s["disk"] == "UpToDate")?;
+        Ok(p)
+    }
+
+    /// The run directory of a node.
+    pub fn run_dir(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("run-{node}"))
+    }
+
+    /// The NBD URI of a node's export.
+    pub fn nbd_uri(&self, node: &str) -> String {
+        format!("nbd+unix:///r0?socket={}/r0.nbd", self.run_dir(node).display())
+    }
+
+    /// A node's backing file.
+    pub fn backing(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("{node}.img"))
+    }
+
+    /// A node's daemon log.
+    pub fn log(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("{node}.log"))
+    }
+
+    /// Starts a node's blockd and waits for its control socket.
+    pub fn start(&mut self, node: &str) -> Result<()> {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.log(node))?;
+        let child = Command::new(bin("blockd"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--node")
+            .arg(node)
+            .arg("--run-dir")
+            .arg(self.run_dir(node))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning blockd")?;
+        self.procs[idx(node)] = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.blockctl(node, &["status", "--json"])?.status.success() {
+                return Ok(());
+            }
+            if let Some(c) = self.procs[idx(node)].as_mut() {
+                if let Some(st) = c.try_wait()? {
+                    bail!("blockd on {node} exited with {st}: {}", self.tail(node));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("blockd on {node} did not come up: {}", self.tail(node))
+    }
+
+    /// SIGKILLs a node's blockd (a crash at an arbitrary instant).
+    pub fn kill9(&mut self, node: &str) {
+        if let Some(mut c) = self.procs[idx(node)].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops a node's blockd with SIGTERM and waits for it.
+    pub fn stop(&mut self, node: &str) -> Result<()> {
+        if let Some(mut c) = self.procs[idx(node)].take() {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if c.try_wait()?.is_some() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            bail!("blockd on {node} did not stop on SIGTERM");
+        }
+        Ok(())
+    }
+
+    /// Runs blockctl against a node.
+    pub fn blockctl(&self, node: &str, args: &[&str]) -> Result<Output> {
+        Command::new(bin("blockctl"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--node")
+            .arg(node)
+            .arg("--run-dir")
+            .arg(self.run_dir(node))
+            .args(args)
+            .output()
+            .context("running blockctl")
+    }
+
+    /// Runs blockctl and fails unless it exits 0.
+    pub fn blockctl_ok(&self, node: &str, args: &[&str]) -> Result<String> {
+        let out = self.blockctl(node, args)?;
+        if !out.status.success() {
+            bail!(
+                "blockctl {} on {node} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `status --json` of resource r0 on a node.
+    pub fn status(&self, node: &str) -> Result<Value> {
+        let text = self.blockctl_ok(node, &["status", "--json", "r0"])?;
+        let v: Value = serde_json::from_str(&text)?;
+        Ok(v["resources"][0].clone())
+    }
+
+    /// Waits (up to 60 s) until `pred` holds on a node's status.
+    pub fn wait_for(&self, node: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            if let Ok(s) = self.status(node) {
+                if pred(&s) {
+                    return Ok(s);
+                }
+                last = s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("timed out waiting for {what} on {node}; last status: {last}")
+    }
+
+    /// The last lines of a node's log.
+    pub fn tail(&self, node: &str) -> String {
+        let text = fs::read_to_string(self.log(node)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for n in NODES {
+            self.kill9(n);
+        }
+        if std::thread::panicking() {
+            for n in NODES {
+                eprintln!("----- blockd log of {n} -----\n{}", self.tail(n));
+            }
+        }
+    }
+}
+
+/// Runs a program, returning its output; fails with its stderr unless it exits 0.
+pub fn run_ok(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}): {}{}", out.status, stdout, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(stdout)
+}
+
+/// `qemu-io` commands against an NBD URI; fails on a non-zero exit or a pattern error.
+pub fn qemu_io(uri: &str, cmds: &[&str]) -> Result<String> {
+    require_tool("qemu-io");
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    c.arg(uri);
+    let out = run_ok(&mut c)?;
+    if out.contains("Pattern verification failed") || out.contains("failed:") {
+        bail!("qemu-io reported a failure: {out}");
+    }
+    Ok(out)
+}

@@ -1,0 +1,45 @@
+//! `blockd`: the replicated block device daemon (foreground; systemd `Type=notify`).
+
+use anyhow::Context;
+use blockd::cli::CommonOptions;
+use clap::Parser;
+
+/// hablock's block daemon: serves every configured resource, mirrors each write to the
+/// peer before acknowledging it (protocol C).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(flatten)]
+    common: CommonOptions,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    blockd::cli::init_tracing();
+    let opts = match args.common.daemon_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("blockd: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime") {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("blockd: {e:#}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(blockd::daemon::run(opts)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("blockd: {e:#}");
+            std::process::ExitCode::from(if is_config_error(&e) { 2 } else { 1 })
+        }
+    }
+}
+
+fn is_config_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<hablock_config::ConfigError>().is_some())
+}

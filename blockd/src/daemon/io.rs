@@ -1,0 +1,139 @@
+//! Local I/O on the backing device.
+//!
+//! Requests run on tokio's blocking pool with positioned reads and writes
+//! (`pread`/`pwrite`), so many run at once. Durability policy: a write completes when
+//! the kernel has it (it survives a crash of blockd, not a power loss, exactly like a
+//! disk with a volatile cache); FUA writes and flushes call `fdatasync` before they
+//! complete, and a failed `fdatasync` is reported to the issuer as an I/O error, never
+//! retried (the kernel may have dropped the dirty pages).
+
+use super::super::engine::IoOutcome;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The backing device of a resource.
+#[derive(Debug, Clone)]
+pub struct Backing {
+    file: Arc<File>,
+    is_block_device: bool,
+}
+
+/// The errno of an I/O error (EIO when it has none).
+pub fn errno(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+impl Backing {
+    /// Opens the backing device read-write.
+    pub fn open(path: &Path) -> io::Result<Backing> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let is_block_device = file.metadata()?.file_type().is_block_device();
+        Ok(Backing { file: Arc::new(file), is_block_device })
+    }
+
+    /// Reads `len` bytes at `offset`.
+    pub async fn read(&self, offset: u64, len: u32) -> IoOutcome {
+        let file = self.file.clone();
+        run(move || {
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(Some(buf))
+        })
+        .await
+    }
+
+    /// Writes `data` at `offset`; with `fua`, makes it durable first.
+    pub async fn write(&self, offset: u64, data: Arc<[u8]>, fua: bool) -> IoOutcome {
+        let file = self.file.clone();
+        run(move || {
+            file.write_all_at(&data, offset)?;
+            if fua {
+                file.sync_data()?;
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    /// Makes every completed write durable.
+    pub async fn flush(&self) -> IoOutcome {
+        let file = self.file.clone();
+        run(move || {
+            file.sync_data()?;
+            Ok(None)
+        })
+        .await
+    }
+
+    /// Discards (`zeroes = false`) or zeroes a range. Discarded ranges read back as
+    /// zeroes here, so both nodes stay identical whatever the device does with discards.
+    pub async fn trim(&self, offset: u64, len: u64, zeroes: bool, fua: bool) -> IoOutcome {
+        let file = self.file.clone();
+        let block = self.is_block_device;
+        run(move || {
+            zero_range(&file, block, offset, len, zeroes)?;
+            if fua {
+                file.sync_data()?;
+            }
+            Ok(None)
+        })
+        .await
+    }
+}
+
+async fn run<F>(f: F) -> IoOutcome
+where
+    F: FnOnce() -> io::Result<Option<Vec<u8>>> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(Some(data))) => IoOutcome::Data(data),
+        Ok(Ok(None)) => IoOutcome::Done,
+        Ok(Err(e)) => IoOutcome::Failed(errno(&e)),
+        Err(_) => IoOutcome::Failed(libc::EIO),
+    }
+}
+
+/// Both discard and write-zeroes leave zeroes: a discard that left stale data on one
+/// node only would make the copies differ.
+fn zero_range(file: &File, block_device: bool, offset: u64, len: u64, _zeroes: bool) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    if block_device {
+        // BLKZEROOUT uses the device's write-zeroes (or a discard that guarantees
+        // zeroes); BLKDISCARD alone may leave stale data.
+        let range: [u64; 2] = [offset, len];
+        // SAFETY: `range` is a valid [u64; 2] that outlives the call; the ioctl reads it.
+        let rc = unsafe { libc::ioctl(fd, BLKZEROOUT, range.as_ptr()) };
+        if rc == 0 {
+            return Ok(());
+        }
+        return write_zeroes(file, offset, len);
+    }
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    // SAFETY: plain syscall on an owned, open descriptor.
+    let rc = unsafe { libc::fallocate(fd, mode, off, l) };
+    if rc == 0 {
+        return Ok(());
+    }
+    write_zeroes(file, offset, len)
+}
+
+/// `_IO(0x12, 127)`: zero a byte range of a block device.
+const BLKZEROOUT: libc::c_ulong = 0x127f;
+
+fn write_zeroes(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let zero = vec![0u8; 1 << 20];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(zero.len() as u64);
+        file.write_all_at(&zero[..n as usize], offset + done)?;
+        done += n;
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! The blockd daemon: a thin shell that runs one [`crate::engine::Engine`] per
+//! configured resource and does its I/O (backing device, peer sockets, NBD frontend,
+//! control socket, signals, systemd notification).
+
+pub mod control;
+pub mod io;
+pub mod peer;
+pub mod resource;
+
+use crate::engine::{decide, Engine, EngineConfig, PersistedState};
+use crate::md::{MdStore, FLAG_PRIMARY};
+use anyhow::{bail, Context};
+use hablock_config::{Config, ResourceConfig};
+use resource::{ResourceMsg, ResourceTask};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+/// Where the daemon finds its configuration and puts its sockets.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// This node's name.
+    pub node: String,
+    /// The run directory (control socket).
+    pub run_dir: PathBuf,
+}
+
+/// Path of the control socket in `run_dir`.
+pub fn control_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("blockd.sock")
+}
+
+/// The engine's split-brain policy from the configuration.
+pub fn policy_of(r: &ResourceConfig) -> decide::SplitBrainPolicy {
+    use decide::{AfterSb0Pri as P0, AfterSb1Pri as P1, AfterSb2Pri as P2};
+    use hablock_config::{AfterSb0Pri as C0, AfterSb1Pri as C1, AfterSb2Pri as C2};
+    decide::SplitBrainPolicy {
+        zero_primaries: match r.after_sb_0pri {
+            C0::Disconnect => P0::Disconnect,
+            C0::DiscardZeroChanges => P0::DiscardZeroChanges,
+            C0::DiscardLeastChanges => P0::DiscardLeastChanges,
+            C0::DiscardYoungerPrimary => P0::DiscardYoungerPrimary,
+            C0::DiscardOlderPrimary => P0::DiscardOlderPrimary,
+        },
+        one_primary: match r.after_sb_1pri {
+            C1::Disconnect => P1::Disconnect,
+            C1::DiscardSecondary => P1::DiscardSecondary,
+            C1::Consensus => P1::Consensus,
+        },
+        two_primaries: match r.after_sb_2pri {
+            C2::Disconnect => P2::Disconnect,
+        },
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
+    let cfg = Config::load(&opts.config, &opts.node)
+        .with_context(|| format!("loading {}", opts.config.display()))?;
+    let secret = Arc::new(cfg.read_secret().context("reading the shared secret")?);
+    let Some((peer_name, peer_node)) = cfg.peer_of(&opts.node) else {
+        bail!("no peer for node {} in the configuration", opts.node);
+    };
+    let peer_name = peer_name.to_string();
+    let peer_addr = peer_node.address;
+    let my_addr = cfg.nodes.get(&opts.node).map(|n| n.address).context("this node is not configured")?;
+
+    std::fs::create_dir_all(&opts.run_dir).with_context(|| format!("creating {}", opts.run_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&opts.run_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let sock = control_socket(&opts.run_dir);
+    if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+        bail!("another blockd is running with run directory {}", opts.run_dir.display());
+    }
+
+    let (events, _) = broadcast::channel(1024);
+    let mut inboxes = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for (name, r) in &cfg.resources {
+        let md = MdStore::open(&r.backing, &r.metadata).with_context(|| {
+            format!("resource {name}: opening the metadata of {} (did you run `blockctl create-md {name}`?)", r.backing.display())
+        })?;
+        let backing = io::Backing::open(&r.backing)
+            .with_context(|| format!("resource {name}: opening {}", r.backing.display()))?;
+        let sb = md.superblock().clone();
+        let bitmap = md.load_bitmap().with_context(|| format!("resource {name}: reading the bitmap"))?;
+        let state = PersistedState {
+            uuids: sb.uuids,
+            disk: sb.disk,
+            primary: sb.flags & FLAG_PRIMARY != 0,
+            primary_since_ms: sb.primary_since_ms,
+        };
+        let ecfg = EngineConfig {
+            resource: name.clone(),
+            node: opts.node.clone(),
+            peer: peer_name.clone(),
+            usable_bytes: md.usable_bytes(),
+            policy: policy_of(r),
+            resync_rate_bps: r.resync_rate,
+            ping_interval_ms: r.ping_interval.as_millis() as u64,
+            peer_timeout_ms: r.peer_timeout.as_millis() as u64,
+            al_extents: r.al_extents as usize,
+        };
+        let engine = Engine::new(ecfg, state, bitmap, md.al_extents(), rand::random());
+        let (tx, rx) = mpsc::channel(8192);
+        let (want_tx, want_rx) = watch::channel(false);
+        let link = peer::LinkConfig {
+            resource: name.clone(),
+            node: opts.node.clone(),
+            peer: peer_name.clone(),
+            secret: secret.clone(),
+            local: SocketAddr::new(my_addr, r.port),
+            remote: SocketAddr::new(peer_addr, r.port),
+            connect_interval: r.connect_interval,
+        };
+        tokio::spawn(peer::run_link(link, tx.clone(), want_rx));
+        let task = ResourceTask {
+            name: name.clone(),
+            engine,
+            md,
+            backing,
+            nbd_socket: r.nbd_socket.clone(),
+            events: events.clone(),
+            want_link: want_tx,
+            rx,
+            tx: tx.clone(),
+        };
+        info!(resource = %name, peer = %peer_name, backing = %r.backing.display(), "resource up");
+        tasks.push(tokio::spawn(task.run()));
+        inboxes.insert(name.clone(), tx);
+    }
+
+    let listener = control::bind(&sock).with_context(|| format!("creating {}", sock.display()))?;
+    tokio::spawn(control::serve(listener, control::ControlState { resources: inboxes.clone(), events }));
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    info!(node = %opts.node, socket = %sock.display(), "blockd ready");
+
+    wait_for_signal().await;
+    info!("stopping");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    for (name, tx) in &inboxes {
+        let (done, rx) = oneshot::channel();
+        if tx.send(ResourceMsg::Shutdown { done }).await.is_ok() {
+            if rx.await.is_err() {
+                warn!(resource = %name, "resource task ended without confirming shutdown");
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

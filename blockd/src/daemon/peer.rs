@@ -1,0 +1,295 @@
+//! The replication link's sockets: dialing or accepting TCP, the authenticated
+//! handshake (versions, features, resource name, HMAC challenge-response), and the
+//! reader/writer tasks of an established session.
+//!
+//! The node whose name sorts first dials; the other listens. Only sessions that pass
+//! authentication reach the engine, so garbage, a wrong secret or a wrong resource on
+//! the port is refused here with a log line and never disturbs a running session.
+
+use super::resource::ResourceMsg;
+use crate::engine::Input;
+use anyhow::{anyhow, bail, Context};
+use hablock_proto::peer::{self, Decoded, Frame, Hello, Message};
+use rand::RngCore;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+/// How long a handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a session needs to authenticate.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Resource name.
+    pub resource: String,
+    /// This node.
+    pub node: String,
+    /// The peer.
+    pub peer: String,
+    /// Shared secret.
+    pub secret: Arc<Vec<u8>>,
+    /// Local address (bound when dialing, listened on otherwise).
+    pub local: SocketAddr,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// Pause between connection attempts.
+    pub connect_interval: Duration,
+}
+
+/// An authenticated stream ready for the engine.
+#[derive(Debug)]
+pub struct NewSession {
+    /// The stream.
+    pub stream: TcpStream,
+    /// Bytes read past the handshake.
+    pub leftover: Vec<u8>,
+    /// Negotiated features.
+    pub features: u64,
+    /// Fired (dropped) when the session ends.
+    pub ended: oneshot::Sender<()>,
+}
+
+/// Runs the link: dials (if this node sorts first) or listens, forever.
+pub async fn run_link(cfg: LinkConfig, to_resource: mpsc::Sender<ResourceMsg>, want: watch::Receiver<bool>) {
+    if cfg.node < cfg.peer {
+        dial_loop(cfg, to_resource, want).await
+    } else {
+        listen_loop(cfg, to_resource).await
+    }
+}
+
+async fn dial_loop(cfg: LinkConfig, to_resource: mpsc::Sender<ResourceMsg>, mut want: watch::Receiver<bool>) {
+    let mut last_error = String::new();
+    loop {
+        if want.wait_for(|w| *w).await.is_err() {
+            return;
+        }
+        match dial_once(&cfg).await {
+            Ok((stream, leftover, features)) => {
+                last_error.clear();
+                let (ended_tx, ended_rx) = oneshot::channel();
+                let s = NewSession { stream, leftover, features, ended: ended_tx };
+                if to_resource.send(ResourceMsg::Session(s)).await.is_err() {
+                    return;
+                }
+                let _ = ended_rx.await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if msg != last_error {
+                    // Rate-limited: a peer that stays down is logged once.
+                    warn!(resource = %cfg.resource, peer = %cfg.peer, addr = %cfg.remote, "connecting to peer failed: {msg}");
+                    last_error = msg;
+                }
+                tokio::time::sleep(cfg.connect_interval).await;
+            }
+        }
+    }
+}
+
+async fn dial_once(cfg: &LinkConfig) -> anyhow::Result<(TcpStream, Vec<u8>, u64)> {
+    let socket = if cfg.remote.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let mut local = cfg.local;
+    local.set_port(0);
+    socket.bind(local).with_context(|| format!("binding {local}"))?;
+    let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, socket.connect(cfg.remote))
+        .await
+        .map_err(|_| anyhow!("connect timed out"))?
+        .context("connect")?;
+    stream.set_nodelay(true)?;
+    let (leftover, features) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, cfg))
+        .await
+        .map_err(|_| anyhow!("handshake timed out"))??;
+    Ok((stream, leftover, features))
+}
+
+async fn listen_loop(cfg: LinkConfig, to_resource: mpsc::Sender<ResourceMsg>) {
+    let listener = loop {
+        match TcpListener::bind(cfg.local).await {
+            Ok(l) => break l,
+            Err(e) => {
+                warn!(resource = %cfg.resource, addr = %cfg.local, "cannot listen for the peer: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    info!(resource = %cfg.resource, addr = %cfg.local, "listening for peer {}", cfg.peer);
+    loop {
+        let (mut stream, from) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(resource = %cfg.resource, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let cfg = cfg.clone();
+        let to_resource = to_resource.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, &cfg)).await {
+                Ok(Ok((leftover, features))) => {
+                    let (ended, _rx) = oneshot::channel();
+                    let s = NewSession { stream, leftover, features, ended };
+                    let _ = to_resource.send(ResourceMsg::Session(s)).await;
+                }
+                Ok(Err(e)) => {
+                    warn!(resource = %cfg.resource, peer = %cfg.peer, %from, "refused a connection: {e:#}")
+                }
+                Err(_) => warn!(resource = %cfg.resource, %from, "refused a connection: handshake timed out"),
+            }
+        });
+    }
+}
+
+/// Reads one frame (during the handshake; the buffer keeps what follows it).
+async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Frame> {
+    loop {
+        match peer::decode(buf) {
+            Ok(Some((Decoded::Frame(f), used))) => {
+                buf.drain(..used);
+                return Ok(f);
+            }
+            Ok(Some((Decoded::Corrupt { kind, .. }, _))) => {
+                bail!("corrupt {} packet during the handshake", peer::kind_name(kind))
+            }
+            Ok(None) => {}
+            Err(e) => bail!("not a hablock peer ({e})"),
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.context("reading")?;
+        if n == 0 {
+            bail!("connection closed during the handshake");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn send_frame(stream: &mut TcpStream, frame: &Frame) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    peer::encode(frame, &mut out);
+    stream.write_all(&out).await.context("writing")?;
+    Ok(())
+}
+
+async fn refuse(stream: &mut TcpStream, reason: String) -> anyhow::Error {
+    let _ = send_frame(stream, &Frame { id: 0, msg: Message::Refuse { reason: reason.clone() } }).await;
+    anyhow!(reason)
+}
+
+/// Both sides: Hello, check it, answer the challenge, check the answer.
+async fn handshake(stream: &mut TcpStream, cfg: &LinkConfig) -> anyhow::Result<(Vec<u8>, u64)> {
+    let mut nonce = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    let mine = Hello {
+        min_version: peer::MIN_PROTOCOL_VERSION,
+        max_version: peer::PROTOCOL_VERSION,
+        features: peer::features::ALL,
+        resource: cfg.resource.clone(),
+        node: cfg.node.clone(),
+        nonce,
+    };
+    send_frame(stream, &Frame { id: 0, msg: Message::Hello(mine.clone()) }).await?;
+    let mut buf = Vec::new();
+    let theirs = match read_frame(stream, &mut buf).await?.msg {
+        Message::Hello(h) => h,
+        Message::Refuse { reason } => bail!("peer refused: {reason}"),
+        _ => bail!("protocol error: expected Hello"),
+    };
+    if theirs.resource != cfg.resource {
+        return Err(refuse(
+            stream,
+            format!("wrong resource: this node serves {:?}, the peer asked for {:?}", cfg.resource, theirs.resource),
+        )
+        .await);
+    }
+    if theirs.node != cfg.peer {
+        return Err(refuse(
+            stream,
+            format!("unexpected node {:?}: resource {} is shared with {:?}", theirs.node, cfg.resource, cfg.peer),
+        )
+        .await);
+    }
+    let (_version, features) = match peer::negotiate(&mine, &theirs) {
+        Ok(v) => v,
+        Err(e) => return Err(refuse(stream, format!("protocol versions: {e}")).await),
+    };
+    let mac = peer::auth_mac(&cfg.secret, &theirs.nonce, &cfg.resource, &cfg.node);
+    send_frame(stream, &Frame { id: 0, msg: Message::Auth { mac } }).await?;
+    let answer = match read_frame(stream, &mut buf).await?.msg {
+        Message::Auth { mac } => mac,
+        Message::Refuse { reason } => bail!("peer refused: {reason}"),
+        _ => bail!("protocol error: expected Auth"),
+    };
+    if !peer::verify_auth_mac(&cfg.secret, &nonce, &cfg.resource, &cfg.peer, &answer) {
+        return Err(refuse(stream, "authentication failed (wrong shared secret?)".into()).await);
+    }
+    debug!(resource = %cfg.resource, peer = %cfg.peer, features, "peer authenticated");
+    Ok((buf, features))
+}
+
+/// Runs the reader half: frames become engine inputs until the stream ends.
+pub async fn read_session(
+    mut rd: OwnedReadHalf,
+    mut buf: Vec<u8>,
+    session: u64,
+    to_resource: mpsc::Sender<ResourceMsg>,
+) {
+    let reason = loop {
+        match peer::decode(&buf) {
+            Ok(Some((decoded, used))) => {
+                buf.drain(..used);
+                let input = match decoded {
+                    Decoded::Frame(frame) => Input::PeerFrame { session, frame },
+                    Decoded::Corrupt { kind, id } => Input::PeerCorrupt { session, kind, id },
+                };
+                if to_resource.send(ResourceMsg::Engine(input)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => break format!("protocol error: {e}"),
+        }
+        if buf.capacity() - buf.len() < 64 * 1024 {
+            buf.reserve(256 * 1024);
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => break "peer closed the connection".to_string(),
+            Ok(_) => {}
+            Err(e) => break format!("read error: {e}"),
+        }
+    };
+    let _ = to_resource.send(ResourceMsg::Engine(Input::PeerLost { session, reason })).await;
+}
+
+/// Runs the writer half: encoded frames go out in order.
+pub async fn write_session(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    session: u64,
+    to_resource: mpsc::Sender<ResourceMsg>,
+) {
+    while let Some(mut bytes) = rx.recv().await {
+        // Coalesce what is queued into one write.
+        while let Ok(more) = rx.try_recv() {
+            bytes.extend_from_slice(&more);
+            if bytes.len() > 1 << 20 {
+                break;
+            }
+        }
+        if let Err(e) = wr.write_all(&bytes).await {
+            let reason = format!("write error: {e}");
+            let _ = to_resource.send(ResourceMsg::Engine(Input::PeerLost { session, reason })).await;
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}

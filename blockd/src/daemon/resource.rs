@@ -1,0 +1,413 @@
+//! The task that runs one resource: it owns the [`Engine`], the metadata store and the
+//! backing device, feeds the engine its inputs and carries out its actions in order.
+
+use super::io::Backing;
+use super::peer::{self, NewSession};
+use crate::engine::{Action, Command, CommandResult, Engine, Input, IoOutcome, IoRequest, Now, ReqId};
+use crate::md::MdStore;
+use crate::nbd::{self, NbdBackend};
+use hablock_proto::control::{Event, ResourceStatus};
+use hablock_proto::peer::encode;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+/// Messages to a resource task.
+#[derive(Debug)]
+pub enum ResourceMsg {
+    /// An engine input from a session or a local operation.
+    Engine(Input),
+    /// A frontend request.
+    Io {
+        /// The request.
+        request: IoRequest,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<IoOutcome>,
+    },
+    /// An operator command.
+    Command {
+        /// The command.
+        cmd: Command,
+        /// Where the result goes.
+        reply: oneshot::Sender<CommandResult>,
+    },
+    /// A status request.
+    Status {
+        /// Where the status goes.
+        reply: oneshot::Sender<ResourceStatus>,
+    },
+    /// An authenticated session from the link task.
+    Session(NewSession),
+    /// Stop: persist and exit.
+    Shutdown {
+        /// Fired when done.
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// A handle frontends use to submit requests.
+#[derive(Debug, Clone)]
+pub struct ResourceHandle {
+    tx: mpsc::Sender<ResourceMsg>,
+    size: u64,
+}
+
+impl ResourceHandle {
+    async fn submit(&self, request: IoRequest) -> std::io::Result<IoOutcome> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(ResourceMsg::Io { request, reply })
+            .await
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::ESHUTDOWN))?;
+        let outcome = rx.await.map_err(|_| std::io::Error::from_raw_os_error(libc::EIO))?;
+        match outcome {
+            IoOutcome::Failed(e) => Err(std::io::Error::from_raw_os_error(e)),
+            other => Ok(other),
+        }
+    }
+}
+
+impl NbdBackend for ResourceHandle {
+    fn size_bytes(&self) -> u64 {
+        self.size
+    }
+
+    async fn read(&self, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
+        match self.submit(IoRequest::Read { offset, len }).await? {
+            IoOutcome::Data(d) => Ok(d),
+            _ => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+
+    async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> std::io::Result<()> {
+        self.submit(IoRequest::Write { offset, data: data.into(), fua }).await.map(|_| ())
+    }
+
+    async fn flush(&self) -> std::io::Result<()> {
+        self.submit(IoRequest::Flush).await.map(|_| ())
+    }
+
+    async fn trim(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()> {
+        self.submit(IoRequest::Trim { offset, len, zeroes: false, fua }).await.map(|_| ())
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()> {
+        self.submit(IoRequest::Trim { offset, len, zeroes: true, fua }).await.map(|_| ())
+    }
+}
+
+struct Session {
+    id: u64,
+    writer: mpsc::UnboundedSender<Vec<u8>>,
+    reader: JoinHandle<()>,
+    _ended: oneshot::Sender<()>,
+}
+
+struct NbdExport {
+    path: PathBuf,
+    shutdown: watch::Sender<bool>,
+    clients: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+/// Everything a resource task needs.
+pub struct ResourceTask {
+    /// Resource name.
+    pub name: String,
+    /// The engine.
+    pub engine: Engine,
+    /// The metadata store.
+    pub md: MdStore,
+    /// The backing device.
+    pub backing: Backing,
+    /// NBD socket path, if configured.
+    pub nbd_socket: Option<PathBuf>,
+    /// Where events go.
+    pub events: broadcast::Sender<Event>,
+    /// Whether the link should connect.
+    pub want_link: watch::Sender<bool>,
+    /// Inbox.
+    pub rx: mpsc::Receiver<ResourceMsg>,
+    /// A sender to the inbox, for completions.
+    pub tx: mpsc::Sender<ResourceMsg>,
+}
+
+/// Clock values for the engine.
+fn now(start: Instant) -> Now {
+    let wall_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    Now { mono_ms: start.elapsed().as_millis() as u64, wall_ms }
+}
+
+impl ResourceTask {
+    /// Runs until shutdown.
+    pub async fn run(mut self) {
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending: HashMap<ReqId, oneshot::Sender<IoOutcome>> = HashMap::new();
+        let mut next_req: ReqId = 1;
+        let mut next_session: u64 = 1;
+        let mut session: Option<Session> = None;
+        let mut export: Option<NbdExport> = None;
+        let mut shutdown_done: Option<oneshot::Sender<()>> = None;
+        self.execute(&mut pending, &mut session, &mut export);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    self.engine.handle(now(start), Input::Tick);
+                }
+                msg = self.rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    match msg {
+                        ResourceMsg::Engine(input) => self.engine.handle(now(start), input),
+                        ResourceMsg::Io { request, reply } => {
+                            let req = next_req;
+                            next_req += 1;
+                            pending.insert(req, reply);
+                            self.engine.handle(now(start), Input::Io { req, request });
+                        }
+                        ResourceMsg::Command { cmd, reply } => {
+                            let r = self.command(now(start), cmd, &export);
+                            let _ = reply.send(r);
+                        }
+                        ResourceMsg::Status { reply } => {
+                            let mut st = self.engine.status();
+                            if let Some(e) = &export {
+                                st.devices.push(e.path.display().to_string());
+                            }
+                            let _ = reply.send(st);
+                        }
+                        ResourceMsg::Session(s) => {
+                            let id = next_session;
+                            next_session += 1;
+                            // The engine closes the old session when it sees the new one.
+                            let old = session.replace(self.start_session(id, s));
+                            if let Some(old) = old {
+                                old.reader.abort();
+                            }
+                            self.engine.handle(now(start), Input::PeerConnected { session: id, features: hablock_proto::peer::features::ALL });
+                        }
+                        ResourceMsg::Shutdown { done } => {
+                            shutdown_done = Some(done);
+                        }
+                    }
+                }
+            }
+            self.execute(&mut pending, &mut session, &mut export);
+            if shutdown_done.is_some() {
+                break;
+            }
+        }
+        self.stop(&mut export).await;
+        if let Some(s) = session.take() {
+            s.reader.abort();
+        }
+        if let Some(done) = shutdown_done {
+            let _ = done.send(());
+        }
+    }
+
+    fn command(&mut self, now: Now, cmd: Command, export: &Option<NbdExport>) -> CommandResult {
+        if cmd == Command::Secondary {
+            let clients = export.as_ref().map(|e| e.clients.load(Ordering::SeqCst)).unwrap_or(0);
+            if clients > 0 {
+                return CommandResult::Refused(format!(
+                    "{} is in use: {clients} NBD client(s) connected",
+                    self.name
+                ));
+            }
+        }
+        self.engine.command(now, cmd)
+    }
+
+    fn start_session(&self, id: u64, s: NewSession) -> Session {
+        let (rd, wr) = s.stream.into_split();
+        let (wtx, wrx) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(peer::read_session(rd, s.leftover, id, self.tx.clone()));
+        tokio::spawn(peer::write_session(wr, wrx, id, self.tx.clone()));
+        Session { id, writer: wtx, reader, _ended: s.ended }
+    }
+
+    async fn stop(&mut self, export: &mut Option<NbdExport>) {
+        if let Some(e) = export.take() {
+            let _ = e.shutdown.send(true);
+            e.task.abort();
+            let _ = std::fs::remove_file(&e.path);
+        }
+        let clean = self.engine.is_idle();
+        let mut st = self.engine.persisted_state();
+        if clean && self.engine.role() == hablock_proto::types::Role::Primary {
+            // A clean stop: no write can be half-done, so the crash flag is not needed.
+            st.primary = false;
+        }
+        if let Err(e) = self.md.write_bitmap(self.engine.bitmap_mut()) {
+            error!(resource = %self.name, "persisting the bitmap at shutdown failed: {e}");
+        }
+        self.persist_superblock(&st);
+        info!(resource = %self.name, "stopped");
+    }
+
+    fn persist_superblock(&mut self, st: &crate::engine::PersistedState) {
+        let mut sb = self.md.superblock().clone();
+        sb.uuids = st.uuids;
+        sb.disk = st.disk;
+        sb.primary_since_ms = st.primary_since_ms;
+        if st.primary {
+            sb.flags |= crate::md::FLAG_PRIMARY;
+        } else {
+            sb.flags &= !crate::md::FLAG_PRIMARY;
+        }
+        if let Err(e) = self.md.write_superblock(&sb) {
+            // The caller's guarantee rests on this write: make it loud.
+            error!(resource = %self.name, "persisting the superblock failed: {e}");
+        }
+    }
+
+    fn execute(
+        &mut self,
+        pending: &mut HashMap<ReqId, oneshot::Sender<IoOutcome>>,
+        session: &mut Option<Session>,
+        export: &mut Option<NbdExport>,
+    ) {
+        loop {
+            let actions = self.engine.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            for action in actions {
+                self.execute_one(action, pending, session, export);
+            }
+        }
+    }
+
+    fn execute_one(
+        &mut self,
+        action: Action,
+        pending: &mut HashMap<ReqId, oneshot::Sender<IoOutcome>>,
+        session: &mut Option<Session>,
+        export: &mut Option<NbdExport>,
+    ) {
+        match action {
+            Action::LocalRead { op, offset, len } => {
+                let (b, tx) = (self.backing.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let outcome = b.read(offset, len).await;
+                    let _ = tx.send(ResourceMsg::Engine(Input::LocalDone { op, outcome })).await;
+                });
+            }
+            Action::LocalWrite { op, offset, data, fua } => {
+                let (b, tx) = (self.backing.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let outcome = b.write(offset, data, fua).await;
+                    let _ = tx.send(ResourceMsg::Engine(Input::LocalDone { op, outcome })).await;
+                });
+            }
+            Action::LocalTrim { op, offset, len, zeroes, fua } => {
+                let (b, tx) = (self.backing.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let outcome = b.trim(offset, len, zeroes, fua).await;
+                    let _ = tx.send(ResourceMsg::Engine(Input::LocalDone { op, outcome })).await;
+                });
+            }
+            Action::LocalFlush { op } => {
+                let (b, tx) = (self.backing.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let outcome = b.flush().await;
+                    let _ = tx.send(ResourceMsg::Engine(Input::LocalDone { op, outcome })).await;
+                });
+            }
+            Action::Send(frame) => {
+                if let Some(s) = session {
+                    let mut out = Vec::with_capacity(64);
+                    encode(&frame, &mut out);
+                    let _ = s.writer.send(out);
+                }
+            }
+            Action::CloseSession { session: id, reason } => {
+                if session.as_ref().is_some_and(|s| s.id == id) {
+                    if let Some(s) = session.take() {
+                        info!(resource = %self.name, session = s.id, %reason, "closing peer session");
+                        s.reader.abort();
+                    }
+                }
+            }
+            Action::Complete { req, outcome } => {
+                if let Some(reply) = pending.remove(&req) {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Action::PersistSuperblock(st) => self.persist_superblock(&st),
+            Action::PersistActivityLog(extents) => {
+                if let Err(e) = self.md.write_bitmap(self.engine.bitmap_mut()) {
+                    error!(resource = %self.name, "persisting the bitmap failed: {e}");
+                }
+                if let Err(e) = self.md.write_al(&extents) {
+                    error!(resource = %self.name, "persisting the activity log failed: {e}");
+                }
+            }
+            Action::PersistBitmap => {
+                if let Err(e) = self.md.write_bitmap(self.engine.bitmap_mut()) {
+                    error!(resource = %self.name, "persisting the bitmap failed: {e}");
+                }
+            }
+            Action::SetExported(on) => {
+                if on {
+                    if export.is_none() {
+                        *export = self.start_export();
+                    }
+                } else if let Some(e) = export.take() {
+                    let _ = e.shutdown.send(true);
+                    e.task.abort();
+                    let _ = std::fs::remove_file(&e.path);
+                    info!(resource = %self.name, path = %e.path.display(), "NBD export removed");
+                }
+            }
+            Action::WantConnection(on) => {
+                let _ = self.want_link.send(on);
+            }
+            Action::Event { kind, old, new, message } => {
+                let time_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+                let _ = self.events.send(Event {
+                    time_ms,
+                    resource: self.name.clone(),
+                    kind: kind.to_string(),
+                    old,
+                    new,
+                    message,
+                });
+            }
+        }
+    }
+
+    fn start_export(&self) -> Option<NbdExport> {
+        let path = self.nbd_socket.clone()?;
+        let _ = std::fs::remove_file(&path);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let listener = match tokio::net::UnixListener::bind(&path) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(resource = %self.name, path = %path.display(), "cannot create the NBD socket: {e}");
+                return None;
+            }
+        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let clients = Arc::new(AtomicUsize::new(0));
+        let handle = Arc::new(ResourceHandle { tx: self.tx.clone(), size: self.engine.size_bytes() });
+        let name = self.name.clone();
+        let c = clients.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = nbd::serve_listener(listener, name.clone(), handle, shutdown_rx, c).await {
+                warn!(resource = %name, "NBD listener ended: {e}");
+            }
+        });
+        info!(resource = %self.name, path = %path.display(), "NBD export up");
+        Some(NbdExport { path, shutdown, clients, task })
+    }
+}

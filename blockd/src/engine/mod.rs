@@ -1,0 +1,1130 @@
+//! The replication engine of one resource, sans-IO.
+//!
+//! The engine owns the replication state (role, connection, disk states, generation
+//! identifiers, dirty bitmap, activity log, in-flight requests, resync and verify) and
+//! never performs I/O or reads a clock: the daemon feeds it [`Input`]s with the current
+//! time ([`Now`]) and carries out the [`Action`]s it returns, **in order**. Persist
+//! actions are carried out synchronously before the next action, which is what makes
+//! "mark the bitmap / activity log before acknowledging" hold.
+//!
+//! Write path (protocol C): a frontend write takes its range lock (overlapping writes
+//! keep their order on both nodes), makes sure its activity-log extent is persisted,
+//! then issues the local write and the peer's `Data` at once; the request completes
+//! when both are done. Without a peer the written blocks are marked in the dirty
+//! bitmap instead, and only those are resynced later.
+
+pub mod decide;
+pub mod ranges;
+mod resync;
+mod session;
+mod verify;
+
+#[cfg(test)]
+mod sim;
+
+use crate::md::{ActivityLog, Bitmap, BLOCK_BYTES};
+use decide::{Side, SplitBrainPolicy};
+use hablock_proto::control::{ResourceStatus, VerifyResult};
+use hablock_proto::peer::{Frame, Message, NodeState};
+use hablock_proto::types::{ConnState, DiskState, Role, Uuids};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use ranges::{Range, RangeLocks};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tracing::{info, warn};
+
+pub use session::Conn;
+
+/// Identifies a frontend request; chosen by the daemon.
+pub type ReqId = u64;
+/// Identifies a local I/O operation; chosen by the engine.
+pub type OpId = u64;
+
+/// The current time, passed with every input (the engine never reads a clock).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic milliseconds (timeouts, rates).
+    pub mono_ms: u64,
+    /// Wall-clock milliseconds since the Unix epoch (recorded in metadata).
+    pub wall_ms: u64,
+}
+
+/// A frontend request.
+#[derive(Debug, Clone)]
+pub enum IoRequest {
+    /// Read `len` bytes at `offset`.
+    Read {
+        /// Byte offset.
+        offset: u64,
+        /// Length.
+        len: u32,
+    },
+    /// Write `data` at `offset`.
+    Write {
+        /// Byte offset.
+        offset: u64,
+        /// The bytes.
+        data: Arc<[u8]>,
+        /// Durable before completion.
+        fua: bool,
+    },
+    /// Make every completed write durable on both nodes.
+    Flush,
+    /// Discard (`zeroes = false`) or write zeroes.
+    Trim {
+        /// Byte offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Write zeroes rather than discard.
+        zeroes: bool,
+        /// Durable before completion.
+        fua: bool,
+    },
+}
+
+/// The outcome of a request or a local operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoOutcome {
+    /// Done, no data.
+    Done,
+    /// Done, with the data read.
+    Data(Vec<u8>),
+    /// Failed with this errno.
+    Failed(i32),
+}
+
+/// An operator command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Promote.
+    Primary {
+        /// Skip the safety checks (peer unknown, data Inconsistent).
+        force: bool,
+    },
+    /// Demote (the daemon has checked that no frontend client is connected).
+    Secondary,
+    /// Leave StandAlone and connect.
+    Connect {
+        /// Become the sync target of a split brain.
+        discard_my_data: bool,
+    },
+    /// Drop the connection and stay StandAlone.
+    Disconnect,
+    /// Start an online verify.
+    Verify,
+    /// Resync all local data from the peer.
+    Invalidate,
+}
+
+/// What happened to a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandResult {
+    /// Carried out, with warnings for the operator.
+    Ok(Vec<String>),
+    /// Refused, with a one-line reason.
+    Refused(String),
+}
+
+/// An input to the engine.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Time passed (drives pings, timeouts and resync pacing); sent every ~100 ms.
+    Tick,
+    /// A frontend request.
+    Io {
+        /// Its id.
+        req: ReqId,
+        /// The request.
+        request: IoRequest,
+    },
+    /// A local operation finished.
+    LocalDone {
+        /// The operation.
+        op: OpId,
+        /// Its outcome.
+        outcome: IoOutcome,
+    },
+    /// An authenticated session with the peer is up (handshake and authentication
+    /// were done by the daemon, see [`crate::daemon`]).
+    PeerConnected {
+        /// Session number, chosen by the daemon, unique per daemon run.
+        session: u64,
+        /// Negotiated feature bits.
+        features: u64,
+    },
+    /// A frame arrived on a session.
+    PeerFrame {
+        /// The session.
+        session: u64,
+        /// The frame.
+        frame: Frame,
+    },
+    /// A frame arrived with a bad payload checksum.
+    PeerCorrupt {
+        /// The session.
+        session: u64,
+        /// Its kind.
+        kind: u8,
+        /// Its id.
+        id: u64,
+    },
+    /// A session ended (socket closed, decode error, write error).
+    PeerLost {
+        /// The session.
+        session: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the engine asks the daemon to do. Carried out in order.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Read from the backing device; answer with [`Input::LocalDone`] carrying data.
+    LocalRead {
+        /// Operation id.
+        op: OpId,
+        /// Byte offset.
+        offset: u64,
+        /// Length.
+        len: u32,
+    },
+    /// Write to the backing device.
+    LocalWrite {
+        /// Operation id.
+        op: OpId,
+        /// Byte offset.
+        offset: u64,
+        /// The bytes.
+        data: Arc<[u8]>,
+        /// Make it durable (fdatasync) before answering.
+        fua: bool,
+    },
+    /// Discard or zero a range of the backing device.
+    LocalTrim {
+        /// Operation id.
+        op: OpId,
+        /// Byte offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Write zeroes rather than discard.
+        zeroes: bool,
+        /// Make it durable before answering.
+        fua: bool,
+    },
+    /// Make every completed local write durable.
+    LocalFlush {
+        /// Operation id.
+        op: OpId,
+    },
+    /// Send a frame on the current session.
+    Send(Frame),
+    /// Close this session (if it is still open); reconnect if the engine still wants
+    /// a connection.
+    CloseSession {
+        /// The session.
+        session: u64,
+        /// Why (logged).
+        reason: String,
+    },
+    /// Complete a frontend request.
+    Complete {
+        /// The request.
+        req: ReqId,
+        /// Its outcome.
+        outcome: IoOutcome,
+    },
+    /// Persist the superblock fields (synchronously, before the next action).
+    PersistSuperblock(PersistedState),
+    /// Persist the dirty pages of the bitmap, then the activity log with these extents.
+    PersistActivityLog(Vec<u32>),
+    /// Persist the dirty pages of the bitmap.
+    PersistBitmap,
+    /// Start (true) or stop (false) the frontends (the role changed).
+    SetExported(bool),
+    /// Whether the daemon should keep (re)connecting to the peer.
+    WantConnection(bool),
+    /// Something the operator should see in `events`.
+    Event {
+        /// Kind (`role`, `connection`, `disk`, `peer-role`, `peer-disk`, `split-brain`, ...).
+        kind: &'static str,
+        /// Previous value.
+        old: Option<String>,
+        /// New value.
+        new: Option<String>,
+        /// Free text.
+        message: Option<String>,
+    },
+}
+
+/// The superblock fields the engine owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PersistedState {
+    /// Generation identifiers.
+    pub uuids: Uuids,
+    /// Disk state.
+    pub disk: DiskState,
+    /// The node is (or was, when it crashed) Primary.
+    pub primary: bool,
+    /// When the node last became Primary.
+    pub primary_since_ms: u64,
+}
+
+/// Static settings of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Resource name.
+    pub resource: String,
+    /// This node's name.
+    pub node: String,
+    /// The peer's name.
+    pub peer: String,
+    /// Usable size of the local backing device.
+    pub usable_bytes: u64,
+    /// Split-brain policies.
+    pub policy: SplitBrainPolicy,
+    /// Resync and verify rate limit, bytes per second.
+    pub resync_rate_bps: u64,
+    /// Interval between keepalive pings.
+    pub ping_interval_ms: u64,
+    /// Peer considered gone after this long without a frame or an ack.
+    pub peer_timeout_ms: u64,
+    /// Capacity of the activity log, in extents.
+    pub al_extents: usize,
+}
+
+/// An application write (or trim) in flight on the Primary.
+#[derive(Debug)]
+struct AppWrite {
+    req: ReqId,
+    range: Range,
+    payload: WritePayload,
+    fua: bool,
+    started: bool,
+    local_done: bool,
+    /// Waiting for the peer's ack (sent at `sent_ms`).
+    peer_pending: bool,
+    sent_ms: u64,
+    error: Option<i32>,
+}
+
+#[derive(Debug, Clone)]
+enum WritePayload {
+    Data(Arc<[u8]>),
+    Trim { zeroes: bool },
+}
+
+#[derive(Debug)]
+struct AppFlush {
+    req: ReqId,
+    local_done: bool,
+    peer_pending: bool,
+    sent_ms: u64,
+    error: Option<i32>,
+}
+
+/// What a local operation belongs to.
+#[derive(Debug, Clone, Copy)]
+enum OpKind {
+    /// A frontend read.
+    AppRead(ReqId),
+    /// The local half of an application write (id = write id).
+    AppWrite(u64),
+    /// The local half of an application flush (id = flush id).
+    AppFlush(u64),
+    /// Applying a peer's write or trim (answer with DataAck to this frame id on the
+    /// session it came from, never on a later one).
+    PeerWrite { session: u64, frame_id: u64, offset: u64, len: u64 },
+    /// Applying a peer's flush.
+    PeerFlush { session: u64, frame_id: u64 },
+    /// Resync source reading a chunk.
+    ResyncRead { chunk: u64 },
+    /// Resync target writing a chunk.
+    ResyncWrite { session: u64, frame_id: u64, offset: u64, len: u64 },
+    /// Verify source reading its own copy.
+    VerifyRead { chunk: u64 },
+    /// Verify target reading to answer.
+    VerifyAnswer { session: u64, frame_id: u64, offset: u64 },
+}
+
+/// Who holds a range lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LockOwner {
+    Write(u64),
+    Resync(u64),
+    Verify(u64),
+}
+
+/// The replication engine of one resource.
+pub struct Engine {
+    cfg: EngineConfig,
+    rng: StdRng,
+    now: Now,
+    role: Role,
+    disk: DiskState,
+    uuids: Uuids,
+    primary_since_ms: u64,
+    crashed_primary: bool,
+    discard_my_data: bool,
+    /// Size exported to clients (the smaller of both nodes once they have met).
+    size_bytes: u64,
+    bitmap: Bitmap,
+    al: ActivityLog,
+    conn: Conn,
+    split_brain: bool,
+    locks: RangeLocks<LockOwner>,
+    writes: HashMap<u64, AppWrite>,
+    flushes: HashMap<u64, AppFlush>,
+    ops: HashMap<OpId, OpKind>,
+    next_id: u64,
+    resynced_bytes: u64,
+    last_verify: Option<VerifyResult>,
+    resync: Option<resync::Resync>,
+    meter: resync::RateMeter,
+    verify: Option<verify::Verify>,
+    actions: Vec<Action>,
+}
+
+impl Engine {
+    /// Builds the engine from its settings and the state read from the metadata.
+    ///
+    /// `al_extents` is the persisted activity log: when the node crashed while Primary
+    /// (`state.primary`), every extent in it is marked out of sync, since writes in
+    /// flight there may have reached one node only.
+    pub fn new(
+        cfg: EngineConfig,
+        state: PersistedState,
+        mut bitmap: Bitmap,
+        al_extents: &[u32],
+        seed: u64,
+    ) -> Self {
+        let crashed_primary = state.primary;
+        if crashed_primary {
+            for &e in al_extents {
+                let offset = u64::from(e) * crate::md::AL_EXTENT_BYTES;
+                if offset < cfg.usable_bytes {
+                    let len = crate::md::AL_EXTENT_BYTES.min(cfg.usable_bytes - offset);
+                    bitmap.set_range_bytes(offset, len);
+                }
+            }
+        }
+        let al = ActivityLog::new(cfg.al_extents, al_extents);
+        let size_bytes = cfg.usable_bytes;
+        let mut engine = Engine {
+            rng: StdRng::seed_from_u64(seed),
+            now: Now::default(),
+            role: Role::Secondary,
+            disk: state.disk,
+            uuids: state.uuids,
+            primary_since_ms: state.primary_since_ms,
+            crashed_primary,
+            discard_my_data: false,
+            size_bytes,
+            bitmap,
+            al,
+            conn: Conn::Connecting,
+            split_brain: false,
+            locks: RangeLocks::default(),
+            writes: HashMap::new(),
+            flushes: HashMap::new(),
+            ops: HashMap::new(),
+            next_id: (seed & 0xffff_ffff) << 20 | 1,
+            resynced_bytes: 0,
+            last_verify: None,
+            resync: None,
+            meter: resync::RateMeter::default(),
+            verify: None,
+            actions: Vec::new(),
+            cfg,
+        };
+        if crashed_primary {
+            warn!(
+                resource = %engine.cfg.resource,
+                dirty_bytes = engine.bitmap.count() * BLOCK_BYTES,
+                "node crashed while Primary: activity-log extents marked out of sync"
+            );
+            // The bitmap now covers the crash; the flag has done its job.
+            engine.actions.push(Action::PersistBitmap);
+            let st = engine.persisted_state();
+            engine.actions.push(Action::PersistSuperblock(st));
+        }
+        engine.actions.push(Action::WantConnection(true));
+        engine
+    }
+
+    /// Feeds one input.
+    pub fn handle(&mut self, now: Now, input: Input) {
+        self.now = now;
+        match input {
+            Input::Tick => self.on_tick(),
+            Input::Io { req, request } => self.on_io(req, request),
+            Input::LocalDone { op, outcome } => self.on_local_done(op, outcome),
+            Input::PeerConnected { session, features } => self.on_peer_connected(session, features),
+            Input::PeerFrame { session, frame } => {
+                if self.conn.session() == Some(session) {
+                    self.on_frame(frame);
+                }
+            }
+            Input::PeerCorrupt { session, kind, id } => {
+                if self.conn.session() == Some(session) {
+                    self.on_corrupt(kind, id);
+                }
+            }
+            Input::PeerLost { session, reason } => {
+                if self.conn.session() == Some(session) {
+                    self.lose_session(&reason, false);
+                }
+            }
+        }
+        self.pump();
+    }
+
+    /// Carries out an operator command.
+    pub fn command(&mut self, now: Now, cmd: Command) -> CommandResult {
+        self.now = now;
+        let r = match cmd {
+            Command::Primary { force } => self.cmd_primary(force),
+            Command::Secondary => self.cmd_secondary(),
+            Command::Connect { discard_my_data } => self.cmd_connect(discard_my_data),
+            Command::Disconnect => self.cmd_disconnect(),
+            Command::Verify => self.cmd_verify(),
+            Command::Invalidate => self.cmd_invalidate(),
+        };
+        self.pump();
+        r
+    }
+
+    /// Takes the actions produced so far.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// The bitmap, for the daemon to persist its dirty pages.
+    pub fn bitmap_mut(&mut self) -> &mut Bitmap {
+        &mut self.bitmap
+    }
+
+    /// This node's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Size exported to clients.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// Whether nothing is in flight (no request, no local operation).
+    pub fn is_idle(&self) -> bool {
+        self.writes.is_empty() && self.flushes.is_empty() && self.ops.is_empty()
+    }
+
+    /// The superblock fields as they should be persisted now.
+    pub fn persisted_state(&self) -> PersistedState {
+        PersistedState {
+            uuids: self.uuids,
+            disk: self.disk,
+            primary: self.role == Role::Primary,
+            primary_since_ms: self.primary_since_ms,
+        }
+    }
+
+    /// Status for `blockctl status` (the daemon fills in `devices`).
+    pub fn status(&self) -> ResourceStatus {
+        let (peer_role, peer_disk) = self.conn.peer_roles();
+        let (progress, rate, eta) = self.sync_figures();
+        ResourceStatus {
+            name: self.cfg.resource.clone(),
+            node: self.cfg.node.clone(),
+            peer: self.cfg.peer.clone(),
+            role: self.role,
+            peer_role,
+            connection: self.conn.state(),
+            disk: self.disk,
+            peer_disk,
+            size_bytes: self.size_bytes,
+            out_of_sync_bytes: self.out_of_sync_bytes(),
+            resynced_bytes: self.resynced_bytes,
+            split_brain: self.split_brain,
+            sync_progress: progress,
+            sync_rate_bps: rate,
+            sync_eta_s: eta,
+            devices: Vec::new(),
+            last_verify: self.last_verify.clone(),
+            standalone_reason: self.conn.standalone_reason(),
+        }
+    }
+
+    fn out_of_sync_bytes(&self) -> u64 {
+        (self.bitmap.count() * BLOCK_BYTES).min(self.cfg.usable_bytes)
+    }
+
+    fn alloc_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn new_uuid(&mut self) -> u64 {
+        loop {
+            let v = self.rng.next_u64();
+            if v != 0 {
+                return v;
+            }
+        }
+    }
+
+    fn event(&mut self, kind: &'static str, old: Option<String>, new: Option<String>, msg: Option<String>) {
+        self.actions.push(Action::Event { kind, old, new, message: msg });
+    }
+
+    fn set_role(&mut self, role: Role) {
+        if self.role != role {
+            info!(resource = %self.cfg.resource, old = %self.role, new = %role, "role change");
+            let old = self.role;
+            self.role = role;
+            self.event("role", Some(old.to_string()), Some(role.to_string()), None);
+        }
+    }
+
+    fn set_disk(&mut self, disk: DiskState) {
+        if self.disk != disk {
+            info!(resource = %self.cfg.resource, old = %self.disk, new = %disk, "disk state change");
+            let old = self.disk;
+            self.disk = disk;
+            self.event("disk", Some(old.to_string()), Some(disk.to_string()), None);
+        }
+    }
+
+    fn persist_superblock(&mut self) {
+        let st = self.persisted_state();
+        self.actions.push(Action::PersistSuperblock(st));
+    }
+
+    /// Starts a new data generation if this Primary's writes are no longer mirrored.
+    fn begin_divergence(&mut self) {
+        if self.role == Role::Primary && self.uuids.bitmap == 0 {
+            self.uuids.bitmap = self.uuids.current;
+            self.uuids.current = self.new_uuid();
+            info!(resource = %self.cfg.resource, "writing without the peer: new data generation");
+            self.persist_superblock();
+        }
+    }
+
+    fn my_state(&self) -> NodeState {
+        let mut flags = 0;
+        if self.crashed_primary {
+            flags |= hablock_proto::peer::state_flags::CRASHED_PRIMARY;
+        }
+        if self.discard_my_data {
+            flags |= hablock_proto::peer::state_flags::DISCARD_MY_DATA;
+        }
+        NodeState {
+            role: self.role,
+            disk: self.disk,
+            usable_bytes: self.cfg.usable_bytes,
+            uuids: self.uuids,
+            flags,
+            primary_since_ms: self.primary_since_ms,
+            dirty_bits: self.bitmap.count(),
+        }
+    }
+
+    fn my_side(&self) -> Side {
+        Side {
+            node: self.cfg.node.clone(),
+            role: self.role,
+            disk: self.disk,
+            uuids: self.uuids,
+            dirty_bits: self.bitmap.count(),
+            crashed_primary: self.crashed_primary,
+            primary_since_ms: self.primary_since_ms,
+            discard_my_data: self.discard_my_data,
+        }
+    }
+
+    fn send(&mut self, id: u64, msg: Message) {
+        self.actions.push(Action::Send(Frame { id, msg }));
+    }
+
+    /// Sends only if `session` is still the current one (answers to a lost session's
+    /// requests must never reach a later session, whose ids mean something else).
+    fn send_on(&mut self, session: u64, id: u64, msg: Message) {
+        if self.conn.session() == Some(session) {
+            self.send(id, msg);
+        }
+    }
+
+    // ---- frontend requests ----
+
+    fn on_io(&mut self, req: ReqId, request: IoRequest) {
+        if self.role != Role::Primary {
+            // A Secondary serves no I/O.
+            self.actions.push(Action::Complete { req, outcome: IoOutcome::Failed(libc::EIO) });
+            return;
+        }
+        match request {
+            IoRequest::Read { offset, len } => {
+                if !self.in_bounds(offset, u64::from(len)) {
+                    self.actions.push(Action::Complete { req, outcome: IoOutcome::Failed(libc::EINVAL) });
+                    return;
+                }
+                let op = self.alloc_id();
+                self.ops.insert(op, OpKind::AppRead(req));
+                self.actions.push(Action::LocalRead { op, offset, len });
+            }
+            IoRequest::Write { offset, data, fua } => {
+                let len = data.len() as u64;
+                self.submit_write(req, offset, len, WritePayload::Data(data), fua);
+            }
+            IoRequest::Trim { offset, len, zeroes, fua } => {
+                self.submit_write(req, offset, len, WritePayload::Trim { zeroes }, fua);
+            }
+            IoRequest::Flush => {
+                let id = self.alloc_id();
+                let peer = self.conn.replicating();
+                self.flushes.insert(
+                    id,
+                    AppFlush { req, local_done: false, peer_pending: peer, sent_ms: self.now.mono_ms, error: None },
+                );
+                self.ops.insert(id, OpKind::AppFlush(id));
+                self.actions.push(Action::LocalFlush { op: id });
+                if peer {
+                    self.send(id, Message::Flush);
+                }
+            }
+        }
+    }
+
+    fn in_bounds(&self, offset: u64, len: u64) -> bool {
+        offset.checked_add(len).is_some_and(|end| end <= self.size_bytes)
+    }
+
+    fn submit_write(&mut self, req: ReqId, offset: u64, len: u64, payload: WritePayload, fua: bool) {
+        if !self.in_bounds(offset, len) {
+            self.actions.push(Action::Complete { req, outcome: IoOutcome::Failed(libc::ENOSPC) });
+            return;
+        }
+        if len == 0 {
+            self.actions.push(Action::Complete { req, outcome: IoOutcome::Done });
+            return;
+        }
+        let id = self.alloc_id();
+        let range = Range::new(offset, len);
+        self.writes.insert(
+            id,
+            AppWrite {
+                req,
+                range,
+                payload,
+                fua,
+                started: false,
+                local_done: false,
+                peer_pending: false,
+                sent_ms: 0,
+                error: None,
+            },
+        );
+        if self.locks.acquire_or_wait(LockOwner::Write(id), range) {
+            self.start_write(id);
+        }
+    }
+
+    /// The write holds its range: persist its activity-log extents, then issue the
+    /// local write and the peer's copy together.
+    fn start_write(&mut self, id: u64) {
+        let replicating = self.conn.replicating();
+        let Some(w) = self.writes.get_mut(&id) else { return };
+        w.started = true;
+        let (offset, len) = (w.range.start, w.range.end - w.range.start);
+        let payload = w.payload.clone();
+        let fua = w.fua;
+        if replicating {
+            w.peer_pending = true;
+            w.sent_ms = self.now.mono_ms;
+        }
+        if let Some(extents) = self.al.activate(offset, len) {
+            self.actions.push(Action::PersistActivityLog(extents));
+        }
+        self.ops.insert(id, OpKind::AppWrite(id));
+        match &payload {
+            WritePayload::Data(data) => {
+                self.actions.push(Action::LocalWrite { op: id, offset, data: data.clone(), fua });
+            }
+            WritePayload::Trim { zeroes } => {
+                self.actions.push(Action::LocalTrim { op: id, offset, len, zeroes: *zeroes, fua });
+            }
+        }
+        if replicating {
+            self.send_write(id, offset, len, &payload, fua);
+        } else {
+            self.begin_divergence();
+            self.bitmap.set_range_bytes(offset, len);
+        }
+    }
+
+    fn send_write(&mut self, id: u64, offset: u64, len: u64, payload: &WritePayload, fua: bool) {
+        let msg = match payload {
+            WritePayload::Data(data) => Message::Data { offset, fua, payload: data.to_vec() },
+            WritePayload::Trim { zeroes } => Message::Trim { offset, len, zeroes: *zeroes },
+        };
+        self.send(id, msg);
+    }
+
+    fn finish_write_if_done(&mut self, id: u64) {
+        let done = self.writes.get(&id).is_some_and(|w| w.local_done && !w.peer_pending);
+        if !done {
+            return;
+        }
+        let Some(w) = self.writes.remove(&id) else { return };
+        let (offset, len) = (w.range.start, w.range.end - w.range.start);
+        self.al.complete(offset, len);
+        let outcome = match w.error {
+            Some(e) => IoOutcome::Failed(e),
+            None => IoOutcome::Done,
+        };
+        self.actions.push(Action::Complete { req: w.req, outcome });
+        for next in self.locks.release(LockOwner::Write(id)) {
+            if let LockOwner::Write(n) = next {
+                self.start_write(n);
+            }
+        }
+    }
+
+    fn finish_flush_if_done(&mut self, id: u64) {
+        let done = self.flushes.get(&id).is_some_and(|f| f.local_done && !f.peer_pending);
+        if done {
+            if let Some(f) = self.flushes.remove(&id) {
+                let outcome = match f.error {
+                    Some(e) => IoOutcome::Failed(e),
+                    None => IoOutcome::Done,
+                };
+                self.actions.push(Action::Complete { req: f.req, outcome });
+            }
+        }
+    }
+
+    fn on_local_done(&mut self, op: OpId, outcome: IoOutcome) {
+        let Some(kind) = self.ops.remove(&op) else { return };
+        let failed = match outcome {
+            IoOutcome::Failed(e) => Some(e),
+            _ => None,
+        };
+        match kind {
+            OpKind::AppRead(req) => self.actions.push(Action::Complete { req, outcome }),
+            OpKind::AppWrite(id) => {
+                if let Some(w) = self.writes.get_mut(&id) {
+                    w.local_done = true;
+                    if let Some(e) = failed {
+                        w.error = Some(e);
+                        let r = w.range;
+                        warn!(resource = %self.cfg.resource, offset = r.start, errno = e, "local write failed");
+                        // The local copy of this range is now unknown.
+                        self.bitmap.set_range_bytes(r.start, r.end - r.start);
+                    }
+                }
+                self.finish_write_if_done(id);
+            }
+            OpKind::AppFlush(id) => {
+                if let Some(f) = self.flushes.get_mut(&id) {
+                    f.local_done = true;
+                    f.error = f.error.or(failed);
+                }
+                self.finish_flush_if_done(id);
+            }
+            OpKind::PeerWrite { session, frame_id, offset, len } => {
+                if failed.is_some() {
+                    warn!(resource = %self.cfg.resource, offset, "local write of a peer block failed");
+                    self.bitmap.set_range_bytes(offset, len);
+                    self.send_on(session, 0, Message::OutOfSync { offset, len });
+                } else if self.conn.is_sync_target() && self.conn.session() == Some(session) {
+                    // The block is now identical on both nodes.
+                    self.bitmap.clear_range_full_blocks(offset, len);
+                }
+                self.send_on(session, frame_id, Message::DataAck);
+            }
+            OpKind::PeerFlush { session, frame_id } => self.send_on(session, frame_id, Message::FlushAck),
+            OpKind::ResyncRead { chunk } => self.resync_read_done(chunk, outcome),
+            OpKind::ResyncWrite { session, frame_id, offset, len } => {
+                self.resync_write_done(session, frame_id, offset, len, failed.is_none())
+            }
+            OpKind::VerifyRead { chunk } => self.verify_read_done(chunk, outcome),
+            OpKind::VerifyAnswer { session, frame_id, offset } => {
+                self.verify_answer(session, frame_id, offset, outcome)
+            }
+        }
+    }
+
+    // ---- peer frames on an established session ----
+
+    fn on_frame(&mut self, frame: Frame) {
+        self.conn.touch(self.now.mono_ms);
+        if !self.conn.is_established() {
+            self.on_handshake_frame(frame);
+            return;
+        }
+        let id = frame.id;
+        match frame.msg {
+            Message::Data { offset, fua, payload } => {
+                let len = payload.len() as u64;
+                let op = self.alloc_id();
+                let session = self.conn.session().unwrap_or(0);
+                self.ops.insert(op, OpKind::PeerWrite { session, frame_id: id, offset, len });
+                self.actions.push(Action::LocalWrite { op, offset, data: payload.into(), fua });
+            }
+            Message::Trim { offset, len, zeroes } => {
+                let op = self.alloc_id();
+                let session = self.conn.session().unwrap_or(0);
+                self.ops.insert(op, OpKind::PeerWrite { session, frame_id: id, offset, len });
+                self.actions.push(Action::LocalTrim { op, offset, len, zeroes, fua: false });
+            }
+            Message::DataAck => {
+                if let Some(w) = self.writes.get_mut(&id) {
+                    w.peer_pending = false;
+                    if self.conn.is_sync_source() {
+                        let r = w.range;
+                        self.bitmap.clear_range_full_blocks(r.start, r.end - r.start);
+                    }
+                    self.finish_write_if_done(id);
+                }
+            }
+            Message::DataNack => {
+                // The peer got a corrupt copy: send it again.
+                if let Some(w) = self.writes.get(&id) {
+                    let (offset, len) = (w.range.start, w.range.end - w.range.start);
+                    let (payload, fua) = (w.payload.clone(), w.fua);
+                    warn!(resource = %self.cfg.resource, offset, "peer reported a corrupt data packet; resending");
+                    self.send_write(id, offset, len, &payload, fua);
+                }
+            }
+            Message::Flush => {
+                let op = self.alloc_id();
+                let session = self.conn.session().unwrap_or(0);
+                self.ops.insert(op, OpKind::PeerFlush { session, frame_id: id });
+                self.actions.push(Action::LocalFlush { op });
+            }
+            Message::FlushAck => {
+                if let Some(f) = self.flushes.get_mut(&id) {
+                    f.peer_pending = false;
+                    self.finish_flush_if_done(id);
+                }
+            }
+            Message::Ping => self.send(0, Message::PingAck),
+            Message::PingAck => {}
+            Message::State(st) => self.on_peer_state_update(st),
+            Message::RsData { offset, payload } => self.on_rs_data(id, offset, payload),
+            Message::RsAck => self.on_rs_ack(id),
+            Message::RsNack => self.on_rs_nack(id),
+            Message::ResyncDone { uuids } => self.on_resync_done(uuids),
+            Message::OutOfSync { offset, len } => {
+                self.bitmap.set_range_bytes(offset, len);
+            }
+            Message::VerifyReq { offset, len } => self.on_verify_req(id, offset, len),
+            Message::VerifyReply { offset, checksums } => self.on_verify_reply(id, offset, checksums),
+            Message::VerifyStart => {
+                if let CommandResult::Refused(why) = self.cmd_verify() {
+                    warn!(resource = %self.cfg.resource, %why, "peer asked for a verify; refused");
+                }
+            }
+            Message::VerifyDone { out_of_sync_bytes } => self.on_verify_done(out_of_sync_bytes),
+            Message::Refuse { reason } => {
+                warn!(resource = %self.cfg.resource, peer = %self.cfg.peer, %reason, "peer refused the session");
+                self.lose_session(&format!("peer refused: {reason}"), false);
+            }
+            other @ (Message::Hello(_) | Message::Auth { .. } | Message::BitmapChunk { .. }) => {
+                let kind = format!("{other:?}");
+                let kind = kind.split(['(', ' ', '{']).next().unwrap_or("?").to_string();
+                self.lose_session(&format!("protocol error: unexpected {kind} on an established session"), false);
+            }
+        }
+    }
+
+    fn on_corrupt(&mut self, kind: u8, id: u64) {
+        let name = hablock_proto::peer::kind_name(kind);
+        warn!(resource = %self.cfg.resource, peer = %self.cfg.peer, kind = name, id, "checksum mismatch on a packet from the peer");
+        match name {
+            "Data" => self.send(id, Message::DataNack),
+            "RsData" => self.send(id, Message::RsNack),
+            _ => self.lose_session(&format!("corrupt {name} packet"), false),
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.now.mono_ms;
+        if let Some(reason) = self.conn.timed_out(now, self.cfg.peer_timeout_ms) {
+            self.lose_session(reason, false);
+            return;
+        }
+        if !self.conn.is_established() {
+            return;
+        }
+        let overdue = self
+            .writes
+            .values()
+            .filter(|w| w.peer_pending)
+            .map(|w| w.sent_ms)
+            .chain(self.flushes.values().filter(|f| f.peer_pending).map(|f| f.sent_ms))
+            .any(|t| now.saturating_sub(t) > self.cfg.peer_timeout_ms);
+        if overdue {
+            self.lose_session("peer did not acknowledge a write in time", false);
+            return;
+        }
+        if self.conn.ping_due(now, self.cfg.ping_interval_ms) {
+            self.send(0, Message::Ping);
+        }
+        self.resync_tick();
+        self.verify_tick();
+    }
+
+    /// Progress the background work after every input.
+    fn pump(&mut self) {
+        self.resync_pump();
+        self.verify_pump();
+    }
+
+    // ---- commands ----
+
+    fn cmd_primary(&mut self, force: bool) -> CommandResult {
+        if self.role == Role::Primary {
+            return CommandResult::Ok(vec![]);
+        }
+        let (peer_role, _) = self.conn.peer_roles();
+        if peer_role == Role::Primary {
+            return CommandResult::Refused(format!(
+                "peer {} is Primary; demote it first (at most one Primary)",
+                self.cfg.peer
+            ));
+        }
+        if self.conn.is_sync_target() {
+            return CommandResult::Refused(
+                "this node is a resync target (its data is Inconsistent); wait for the resync".into(),
+            );
+        }
+        let mut warnings = Vec::new();
+        if !self.conn.is_established() {
+            if !force {
+                return CommandResult::Refused(format!(
+                    "peer {} is unknown ({}); use --force only if you know it is not Primary",
+                    self.cfg.peer,
+                    self.conn.state()
+                ));
+            }
+            warnings.push(format!(
+                "forced promotion with peer {} unknown: if it is Primary too, this is a split brain",
+                self.cfg.peer
+            ));
+        }
+        let mut renegotiate = false;
+        if self.disk != DiskState::UpToDate {
+            if !force {
+                return CommandResult::Refused(format!(
+                    "local data is {}; use --force to promote it anyway",
+                    self.disk
+                ));
+            }
+            warnings.push(format!(
+                "forced promotion of {} data: it is declared UpToDate and becomes the sync source",
+                self.disk
+            ));
+            self.set_disk(DiskState::UpToDate);
+            // Everything this node had marked is now, by decree, the truth.
+            self.bitmap.clear_all();
+            self.actions.push(Action::PersistBitmap);
+            if self.uuids.current != 0 {
+                self.uuids.history = [self.uuids.current, self.uuids.history[0]];
+            }
+            self.uuids.current = self.new_uuid();
+            self.uuids.bitmap = 0;
+            renegotiate = self.conn.is_established();
+        }
+        for w in &warnings {
+            warn!(resource = %self.cfg.resource, "{w}");
+        }
+        self.primary_since_ms = self.now.wall_ms;
+        self.set_role(Role::Primary);
+        if !self.conn.is_established() {
+            self.begin_divergence();
+        }
+        self.persist_superblock();
+        self.actions.push(Action::SetExported(true));
+        if renegotiate {
+            self.lose_session("renegotiating after a forced promotion", false);
+        } else if self.conn.is_established() {
+            let st = self.my_state();
+            self.send(0, Message::State(st));
+        }
+        CommandResult::Ok(warnings)
+    }
+
+    fn cmd_secondary(&mut self) -> CommandResult {
+        if self.role != Role::Primary {
+            return CommandResult::Ok(vec![]);
+        }
+        if !self.writes.is_empty() || !self.flushes.is_empty() {
+            return CommandResult::Refused("I/O is still in flight; retry when the device is idle".into());
+        }
+        self.actions.push(Action::SetExported(false));
+        self.set_role(Role::Secondary);
+        self.actions.push(Action::PersistBitmap);
+        self.persist_superblock();
+        if self.conn.is_established() {
+            let st = self.my_state();
+            self.send(0, Message::State(st));
+        }
+        CommandResult::Ok(vec![])
+    }
+
+    fn cmd_connect(&mut self, discard_my_data: bool) -> CommandResult {
+        if !matches!(self.conn, Conn::StandAlone { .. }) {
+            if discard_my_data {
+                return CommandResult::Refused("already connecting or connected; disconnect first".into());
+            }
+            return CommandResult::Ok(vec![]);
+        }
+        if discard_my_data && self.role == Role::Primary {
+            return CommandResult::Refused("a Primary cannot discard its data; demote it first".into());
+        }
+        self.discard_my_data = discard_my_data;
+        self.set_conn(Conn::Connecting);
+        self.actions.push(Action::WantConnection(true));
+        CommandResult::Ok(vec![])
+    }
+
+    fn cmd_disconnect(&mut self) -> CommandResult {
+        if matches!(self.conn, Conn::StandAlone { .. }) {
+            return CommandResult::Ok(vec![]);
+        }
+        self.lose_session("disconnect command", true);
+        self.set_conn(Conn::StandAlone { reason: Some("disconnected by the operator".into()) });
+        CommandResult::Ok(vec![])
+    }
+
+    fn cmd_invalidate(&mut self) -> CommandResult {
+        if self.role == Role::Primary {
+            return CommandResult::Refused("cannot invalidate a Primary's data; demote it first".into());
+        }
+        if self.conn.is_sync_source() {
+            return CommandResult::Refused("this node is the resync source; wait for the resync".into());
+        }
+        self.bitmap.set_all();
+        self.set_disk(DiskState::Inconsistent);
+        self.actions.push(Action::PersistBitmap);
+        self.persist_superblock();
+        if self.conn.is_established() {
+            self.lose_session("renegotiating after invalidate", false);
+        }
+        CommandResult::Ok(vec!["all local data marked out of sync; it is resynced from the peer".into()])
+    }
+
+    fn set_conn(&mut self, conn: Conn) {
+        let (old, new) = (self.conn.state(), conn.state());
+        self.conn = conn;
+        if old != new {
+            info!(resource = %self.cfg.resource, peer = %self.cfg.peer, old = %old, new = %new, "connection state change");
+            self.event("connection", Some(old.to_string()), Some(new.to_string()), self.conn.standalone_reason());
+        }
+    }
+}

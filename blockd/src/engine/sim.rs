@@ -1,0 +1,676 @@
+//! A simulated two-node cluster for the engine: in-memory disks, an in-memory link
+//! that can be cut, crashes that keep only what was persisted (and the disk, as after
+//! `kill -9`), and deterministic delivery. Tests of protocol C, resync, split brain and
+//! verify run here in microseconds.
+
+use super::decide::{AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, SplitBrainPolicy};
+use super::*;
+use crate::md::{Bitmap, BLOCK_BYTES};
+use hablock_proto::peer::Frame;
+use std::collections::VecDeque;
+
+const SIZE: u64 = 64 * BLOCK_BYTES * 16; // 4 MiB
+
+/// What survives a crash.
+#[derive(Clone)]
+struct Persisted {
+    state: PersistedState,
+    bitmap: Bitmap,
+    al: Vec<u32>,
+}
+
+struct Node {
+    name: &'static str,
+    engine: Engine,
+    disk: Vec<u8>,
+    persisted: Persisted,
+    /// Local operations waiting to complete.
+    pending_io: VecDeque<Action>,
+    completed: Vec<(ReqId, IoOutcome)>,
+    want: bool,
+    exported: bool,
+}
+
+struct Cluster {
+    a: Node,
+    b: Node,
+    /// Frames in flight a->b and b->a.
+    ab: VecDeque<Frame>,
+    ba: VecDeque<Frame>,
+    link_up: bool,
+    session: u64,
+    connected: bool,
+    now: u64,
+    next_req: ReqId,
+    policy: SplitBrainPolicy,
+}
+
+fn cfg(node: &str, peer: &str, policy: SplitBrainPolicy) -> EngineConfig {
+    EngineConfig {
+        resource: "r0".into(),
+        node: node.into(),
+        peer: peer.into(),
+        usable_bytes: SIZE,
+        policy,
+        resync_rate_bps: 1 << 30,
+        ping_interval_ms: 1000,
+        peer_timeout_ms: 4000,
+        al_extents: 64,
+    }
+}
+
+fn fresh_persisted() -> Persisted {
+    let mut bitmap = Bitmap::new(SIZE / BLOCK_BYTES);
+    bitmap.set_all();
+    Persisted {
+        state: PersistedState { uuids: Uuids::default(), disk: DiskState::Inconsistent, primary: false, primary_since_ms: 0 },
+        bitmap,
+        al: Vec::new(),
+    }
+}
+
+impl Node {
+    fn new(name: &'static str, peer: &'static str, policy: SplitBrainPolicy, seed: u64) -> Node {
+        let p = fresh_persisted();
+        let engine = Engine::new(cfg(name, peer, policy), p.state, p.bitmap.clone(), &p.al, seed);
+        let mut n = Node {
+            name,
+            engine,
+            disk: vec![0; SIZE as usize],
+            persisted: p,
+            pending_io: VecDeque::new(),
+            completed: Vec::new(),
+            want: false,
+            exported: false,
+        };
+        // Make the initial disk content differ between nodes (it is never synced yet).
+        for (i, b) in n.disk.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(seed as u8 | 1);
+        }
+        n
+    }
+
+    fn restart(&mut self, peer: &'static str, policy: SplitBrainPolicy, seed: u64) {
+        let p = self.persisted.clone();
+        self.engine = Engine::new(cfg(self.name, peer, policy), p.state, p.bitmap, &p.al, seed);
+        self.pending_io.clear();
+        self.want = false;
+        self.exported = false;
+    }
+}
+
+impl Cluster {
+    fn new(policy: SplitBrainPolicy) -> Cluster {
+        Cluster {
+            a: Node::new("a", "b", policy, 1),
+            b: Node::new("b", "a", policy, 2),
+            ab: VecDeque::new(),
+            ba: VecDeque::new(),
+            link_up: true,
+            session: 0,
+            connected: false,
+            now: 0,
+            next_req: 1,
+            policy,
+        }
+    }
+
+    fn t(&self) -> Now {
+        Now { mono_ms: self.now, wall_ms: 1_000_000 + self.now }
+    }
+
+    fn node(&mut self, which: char) -> &mut Node {
+        if which == 'a' {
+            &mut self.a
+        } else {
+            &mut self.b
+        }
+    }
+
+    /// Collects a node's actions: I/O is queued, frames go on the wire, persists are
+    /// recorded.
+    fn collect(&mut self, which: char) {
+        let connected = self.connected;
+        let (node, out) = if which == 'a' { (&mut self.a, &mut self.ab) } else { (&mut self.b, &mut self.ba) };
+        let mut close = false;
+        for act in node.engine.take_actions() {
+            match act {
+                Action::Send(f) => {
+                    if connected {
+                        out.push_back(f)
+                    }
+                }
+                Action::CloseSession { session, .. } => close |= session == self.session,
+                Action::Complete { req, outcome } => node.completed.push((req, outcome)),
+                Action::PersistSuperblock(st) => node.persisted.state = st,
+                Action::PersistActivityLog(ext) => {
+                    node.persisted.bitmap = node.engine.bitmap.clone();
+                    node.persisted.al = ext;
+                }
+                Action::PersistBitmap => node.persisted.bitmap = node.engine.bitmap.clone(),
+                Action::SetExported(on) => node.exported = on,
+                Action::WantConnection(on) => node.want = on,
+                Action::Event { .. } => {}
+                io => node.pending_io.push_back(io),
+            }
+        }
+        if close {
+            self.drop_session();
+        }
+    }
+
+    fn drop_session(&mut self) {
+        if !self.connected {
+            return;
+        }
+        self.connected = false;
+        self.ab.clear();
+        self.ba.clear();
+        let s = self.session;
+        let t = self.t();
+        for w in ['a', 'b'] {
+            self.node(w).engine.handle(t, Input::PeerLost { session: s, reason: "closed".into() });
+        }
+        self.collect('a');
+        self.collect('b');
+    }
+
+    fn try_connect(&mut self) {
+        if self.connected || !self.link_up || !self.a.want || !self.b.want {
+            return;
+        }
+        self.session += 1;
+        self.connected = true;
+        let t = self.t();
+        let s = self.session;
+        self.a.engine.handle(t, Input::PeerConnected { session: s, features: 0 });
+        self.collect('a');
+        self.b.engine.handle(t, Input::PeerConnected { session: s, features: 0 });
+        self.collect('b');
+    }
+
+    /// Completes one local I/O of a node.
+    fn complete_io(&mut self, which: char) -> bool {
+        let t = self.t();
+        let node = self.node(which);
+        let Some(act) = node.pending_io.pop_front() else { return false };
+        let (op, outcome) = match act {
+            Action::LocalRead { op, offset, len } => {
+                let o = offset as usize;
+                (op, IoOutcome::Data(node.disk[o..o + len as usize].to_vec()))
+            }
+            Action::LocalWrite { op, offset, data, .. } => {
+                let o = offset as usize;
+                node.disk[o..o + data.len()].copy_from_slice(&data);
+                (op, IoOutcome::Done)
+            }
+            Action::LocalTrim { op, offset, len, .. } => {
+                let o = offset as usize;
+                node.disk[o..o + len as usize].fill(0);
+                (op, IoOutcome::Done)
+            }
+            Action::LocalFlush { op } => (op, IoOutcome::Done),
+            _ => return true,
+        };
+        node.engine.handle(t, Input::LocalDone { op, outcome });
+        self.collect(which);
+        true
+    }
+
+    fn deliver(&mut self, to: char) -> bool {
+        if !self.connected {
+            return false;
+        }
+        let q = if to == 'b' { &mut self.ab } else { &mut self.ba };
+        let Some(frame) = q.pop_front() else { return false };
+        let t = self.t();
+        let s = self.session;
+        self.node(to).engine.handle(t, Input::PeerFrame { session: s, frame });
+        self.collect(to);
+        true
+    }
+
+    /// Runs until nothing moves (ticks advance time to drive resync pacing).
+    fn settle(&mut self) {
+        for _ in 0..100_000 {
+            self.try_connect();
+            let mut moved = false;
+            moved |= self.complete_io('a');
+            moved |= self.complete_io('b');
+            moved |= self.deliver('a');
+            moved |= self.deliver('b');
+            if !moved {
+                self.now += 100;
+                let t = self.t();
+                self.a.engine.handle(t, Input::Tick);
+                self.collect('a');
+                self.b.engine.handle(t, Input::Tick);
+                self.collect('b');
+                if self.a.pending_io.is_empty() && self.b.pending_io.is_empty() && self.ab.is_empty() && self.ba.is_empty() && self.quiet() {
+                    return;
+                }
+            }
+        }
+        panic!("cluster did not settle");
+    }
+
+    fn quiet(&self) -> bool {
+        let busy = |n: &Node| matches!(n.engine.conn.state(), ConnState::SyncSource | ConnState::SyncTarget | ConnState::VerifySource | ConnState::VerifyTarget);
+        !busy(&self.a) && !busy(&self.b) && (self.connected || !self.link_up || !self.a.want || !self.b.want)
+    }
+
+    fn cmd(&mut self, which: char, cmd: Command) -> CommandResult {
+        let t = self.t();
+        let r = self.node(which).engine.command(t, cmd);
+        self.collect(which);
+        r
+    }
+
+    fn submit(&mut self, which: char, request: IoRequest) -> ReqId {
+        let req = self.next_req;
+        self.next_req += 1;
+        let t = self.t();
+        self.node(which).engine.handle(t, Input::Io { req, request });
+        self.collect(which);
+        req
+    }
+
+    fn write(&mut self, which: char, offset: u64, byte: u8, len: usize) -> ReqId {
+        self.submit(which, IoRequest::Write { offset, data: vec![byte; len].into(), fua: false })
+    }
+
+    fn outcome(&self, which: char, req: ReqId) -> Option<IoOutcome> {
+        let n = if which == 'a' { &self.a } else { &self.b };
+        n.completed.iter().find(|(r, _)| *r == req).map(|(_, o)| o.clone())
+    }
+
+    fn cut(&mut self) {
+        self.link_up = false;
+        self.drop_session();
+    }
+
+    fn heal(&mut self) {
+        self.link_up = true;
+    }
+
+    fn crash(&mut self, which: char) {
+        self.drop_session();
+        let policy = self.policy;
+        let (peer, seed) = if which == 'a' { ("b", 11) } else { ("a", 12) };
+        self.node(which).restart(peer, policy, seed);
+        self.collect(which);
+    }
+
+    /// Both fresh nodes, `a` forced Primary, full initial sync done.
+    fn synced(policy: SplitBrainPolicy) -> Cluster {
+        let mut c = Cluster::new(policy);
+        c.collect('a');
+        c.collect('b');
+        c.settle();
+        assert_eq!(c.a.engine.conn.state(), ConnState::Connected);
+        let r = c.cmd('a', Command::Primary { force: false });
+        assert!(matches!(r, CommandResult::Refused(_)), "{r:?}");
+        let r = c.cmd('a', Command::Primary { force: true });
+        assert!(matches!(r, CommandResult::Ok(_)), "{r:?}");
+        c.settle();
+        assert_eq!(c.a.disk, c.b.disk, "initial sync must copy everything");
+        assert_eq!(c.b.engine.disk, DiskState::UpToDate);
+        assert_eq!(c.a.engine.status().peer_disk, DiskState::UpToDate);
+        c
+    }
+}
+
+fn default_policy() -> SplitBrainPolicy {
+    SplitBrainPolicy::default()
+}
+
+#[test]
+fn initial_sync_after_forced_promotion() {
+    let c = Cluster::synced(default_policy());
+    assert_eq!(c.a.engine.role(), Role::Primary);
+    assert!(c.a.exported);
+    assert_eq!(c.b.engine.bitmap.count(), 0);
+    assert_eq!(c.a.engine.bitmap.count(), 0);
+    assert_eq!(c.b.engine.status().resynced_bytes, SIZE);
+}
+
+#[test]
+fn write_completes_only_after_both_nodes_have_it() {
+    let mut c = Cluster::synced(default_policy());
+    let req = c.write('a', 8192, 0xab, 4096);
+    // Local write done, peer not yet.
+    assert!(c.complete_io('a'));
+    assert_eq!(c.outcome('a', req), None);
+    assert!(c.deliver('b'));
+    assert!(c.complete_io('b'));
+    assert_eq!(c.outcome('a', req), None, "the peer has written but the ack is on the wire");
+    assert!(c.deliver('a'));
+    assert_eq!(c.outcome('a', req), Some(IoOutcome::Done));
+    assert_eq!(&c.b.disk[8192..12288], &[0xab; 4096][..]);
+}
+
+#[test]
+fn secondary_serves_no_io() {
+    let mut c = Cluster::synced(default_policy());
+    let req = c.write('b', 0, 1, 512);
+    assert_eq!(c.outcome('b', req), Some(IoOutcome::Failed(libc::EIO)));
+}
+
+#[test]
+fn overlapping_writes_keep_their_order_on_both_nodes() {
+    let mut c = Cluster::synced(default_policy());
+    let r1 = c.write('a', 0, 1, 8192);
+    let r2 = c.write('a', 4096, 2, 8192);
+    // The second waits for the first: only one local write is queued.
+    assert_eq!(c.a.pending_io.len(), 1);
+    c.settle();
+    assert_eq!(c.outcome('a', r1), Some(IoOutcome::Done));
+    assert_eq!(c.outcome('a', r2), Some(IoOutcome::Done));
+    assert_eq!(&c.a.disk[4096..12288], &[2u8; 8192][..]);
+    assert_eq!(c.a.disk[..12288], c.b.disk[..12288]);
+}
+
+#[test]
+fn primary_needs_force_while_peer_unknown_and_is_refused_while_peer_primary() {
+    let mut c = Cluster::synced(default_policy());
+    let r = c.cmd('b', Command::Primary { force: true });
+    assert!(matches!(r, CommandResult::Refused(ref m) if m.contains("Primary")), "{r:?}");
+    c.cut();
+    let r = c.cmd('b', Command::Primary { force: false });
+    assert!(matches!(r, CommandResult::Refused(ref m) if m.contains("unknown")), "{r:?}");
+}
+
+#[test]
+fn disconnected_writes_resync_only_the_written_blocks() {
+    let mut c = Cluster::synced(default_policy());
+    c.cut();
+    for i in 0..10 {
+        let r = c.write('a', i * 65536, 7, 4096);
+        c.settle();
+        assert_eq!(c.outcome('a', r), Some(IoOutcome::Done));
+    }
+    assert_eq!(c.a.engine.status().out_of_sync_bytes, 10 * 4096);
+    let before = c.b.engine.status().resynced_bytes;
+    c.heal();
+    c.settle();
+    assert_eq!(c.a.disk, c.b.disk);
+    assert_eq!(c.b.engine.status().resynced_bytes - before, 10 * 4096);
+    assert_eq!(c.a.engine.status().out_of_sync_bytes, 0);
+}
+
+#[test]
+fn write_in_flight_when_the_link_drops_is_marked_and_completes() {
+    let mut c = Cluster::synced(default_policy());
+    let r = c.write('a', 0, 9, 4096);
+    c.cut();
+    c.settle();
+    assert_eq!(c.outcome('a', r), Some(IoOutcome::Done));
+    assert_eq!(c.a.engine.bitmap.count(), 1);
+    c.heal();
+    c.settle();
+    assert_eq!(c.a.disk, c.b.disk);
+}
+
+#[test]
+fn secondary_crash_and_restart_resyncs_the_difference() {
+    let mut c = Cluster::synced(default_policy());
+    let r = c.write('a', 0, 3, 4096);
+    c.settle();
+    assert_eq!(c.outcome('a', r), Some(IoOutcome::Done));
+    c.crash('b');
+    let r = c.write('a', 1 << 20, 4, 4096);
+    c.settle();
+    assert_eq!(c.outcome('a', r), Some(IoOutcome::Done));
+    c.settle();
+    assert_eq!(c.a.disk, c.b.disk);
+    assert_eq!(c.b.engine.disk, DiskState::UpToDate);
+}
+
+#[test]
+fn primary_crash_peer_promoted_old_primary_becomes_target() {
+    let mut c = Cluster::synced(default_policy());
+    // Acked writes.
+    for i in 0..4 {
+        let r = c.write('a', i * 4096, 5, 4096);
+        c.settle();
+        assert_eq!(c.outcome('a', r), Some(IoOutcome::Done));
+    }
+    // A write that reached a's disk only, then a crashes.
+    let unacked = c.write('a', 2 << 20, 6, 4096);
+    assert!(c.complete_io('a'));
+    c.ab.clear();
+    assert_eq!(c.outcome('a', unacked), None);
+    c.crash('a');
+    let r = c.cmd('b', Command::Primary { force: false });
+    assert!(matches!(r, CommandResult::Refused(_)));
+    c.link_up = false;
+    c.settle();
+    let r = c.cmd('b', Command::Primary { force: true });
+    assert!(matches!(r, CommandResult::Ok(_)), "{r:?}");
+    // Every acked write is on b.
+    assert_eq!(&c.b.disk[..4 * 4096], &[5u8; 4 * 4096][..]);
+    let r = c.write('b', 3 << 20, 8, 4096);
+    c.settle();
+    assert_eq!(c.outcome('b', r), Some(IoOutcome::Done));
+    c.heal();
+    c.settle();
+    assert_eq!(c.b.engine.conn.state(), ConnState::Connected);
+    assert_eq!(c.a.disk, c.b.disk, "the crashed primary's stray write is overwritten");
+    assert_eq!(c.a.engine.disk, DiskState::UpToDate);
+}
+
+#[test]
+fn primary_crash_without_failover_resyncs_its_activity_log() {
+    let mut c = Cluster::synced(default_policy());
+    let _unacked = c.write('a', 2 << 20, 6, 4096);
+    assert!(c.complete_io('a'));
+    c.ab.clear();
+    c.crash('a');
+    c.settle();
+    assert_eq!(c.a.engine.conn.state(), ConnState::Connected);
+    assert_eq!(c.a.disk, c.b.disk);
+}
+
+fn split_brain_cluster(policy: SplitBrainPolicy, a_writes: u64, b_writes: u64) -> Cluster {
+    let mut c = Cluster::synced(policy);
+    c.cut();
+    for i in 0..a_writes {
+        c.write('a', i * 4096, 0xaa, 4096);
+    }
+    c.settle();
+    let r = c.cmd('b', Command::Primary { force: true });
+    assert!(matches!(r, CommandResult::Ok(_)));
+    c.now += 10_000;
+    for i in 0..b_writes {
+        c.write('b', (i + 100) * 4096, 0xbb, 4096);
+    }
+    c.settle();
+    c
+}
+
+fn policy(p0: AfterSb0Pri, p1: AfterSb1Pri) -> SplitBrainPolicy {
+    SplitBrainPolicy { zero_primaries: p0, one_primary: p1, two_primaries: AfterSb2Pri::Disconnect }
+}
+
+#[test]
+fn split_brain_disconnect_policy_stays_standalone_until_operator_discards() {
+    let mut c = split_brain_cluster(default_policy(), 3, 2);
+    c.cmd('a', Command::Secondary);
+    c.cmd('b', Command::Secondary);
+    c.heal();
+    c.settle();
+    assert_eq!(c.a.engine.conn.state(), ConnState::StandAlone);
+    assert_eq!(c.b.engine.conn.state(), ConnState::StandAlone);
+    assert!(c.a.engine.status().split_brain && c.b.engine.status().split_brain);
+    assert_ne!(c.a.disk, c.b.disk);
+    // The operator picks b as the victim.
+    assert!(matches!(c.cmd('b', Command::Connect { discard_my_data: true }), CommandResult::Ok(_)));
+    assert!(matches!(c.cmd('a', Command::Connect { discard_my_data: false }), CommandResult::Ok(_)));
+    c.settle();
+    assert_eq!(c.a.disk, c.b.disk);
+    assert_eq!(&c.b.disk[..4096], &[0xaa; 4096][..], "a's changes won");
+    assert!(!c.b.engine.status().split_brain);
+}
+
+#[test]
+fn split_brain_discard_zero_changes() {
+    let mut c = split_brain_cluster(policy(AfterSb0Pri::DiscardZeroChanges, AfterSb1Pri::Disconnect), 3, 0);
+    c.cmd('a', Command::Secondary);
+    c.cmd('b', Command::Secondary);
+    c.heal();
+    c.settle();
+    assert_eq!(c.a.engine.conn.state(), ConnState::Connected);
+    assert_eq!(c.a.disk, c.b.disk);
+    assert_eq!(&c.b.disk[..4096], &[0xaa; 4096][..]);
+}
+
+#[test]
+fn split_brain_discard_least_changes() {
+    let mut c = split_brain_cluster(policy(AfterSb0Pri::DiscardLeastChanges, AfterSb1Pri::Disconnect), 1, 5);
+    c.cmd('a', Command::Secondary);
+    c.cmd('b', Command::Secondary);
+    c.heal();
+    c.settle();
+    assert_eq!(c.a.disk, c.b.disk);
+    assert_eq!(&c.a.disk[100 * 4096..101 * 4096], &[0xbb; 4096][..], "b had more changes and wins");
+    assert_ne!(&c.a.disk[..4096], &[0xaa; 4096][..], "a's single change is discarded");
+}
+
+#[test]
+fn split_brain_discard_younger_and_older_primary() {
+    // b became Primary later (younger).
+    let mut c = split_brain_cluster(policy(AfterSb0Pri::DiscardYoungerPrimary, AfterSb1Pri::Disconnect), 2, 2);
+    c.cmd('a', Command::Secondary);
+    c.cmd('b', Command::Secondary);
+    c.heal();
+    c.settle();
+    assert_eq!(c.a.disk, c.b.disk);
+    assert_eq!(&c.b.disk[..4096], &[0xaa; 4096][..]);
+
+    let mut c = split_brain_cluster(policy(AfterSb0Pri::DiscardOlderPrimary, AfterSb1Pri::Disconnect), 2, 2);
+    c.cmd('a', Command::Secondary);
+    c.cmd('b', Command::Secondary);
+    c.heal();
+    c.settle();
+    assert_eq!(c.a.disk, c.b.disk);
+    assert_eq!(&c.a.disk[100 * 4096..101 * 4096], &[0xbb; 4096][..]);
+}
+
+#[test]
+fn split_brain_one_primary_discard_secondary_and_consensus() {
+    let mut c = split_brain_cluster(policy(AfterSb0Pri::Disconnect, AfterSb1Pri::DiscardSecondary), 2, 3);
+    c.cmd('a', Command::Secondary);
+    c.heal();
+    c.settle();
+    assert_eq!(c.b.engine.role(), Role::Primary);
+    assert_eq!(c.a.disk, c.b.disk);
+    assert_eq!(&c.a.disk[100 * 4096..101 * 4096], &[0xbb; 4096][..]);
+
+    // consensus with discard-least-changes: the secondary (a) has fewer changes: agree.
+    let mut c = split_brain_cluster(policy(AfterSb0Pri::DiscardLeastChanges, AfterSb1Pri::Consensus), 1, 3);
+    c.cmd('a', Command::Secondary);
+    c.heal();
+    c.settle();
+    assert_eq!(c.a.engine.conn.state(), ConnState::Connected);
+    assert_eq!(c.a.disk, c.b.disk);
+
+    // consensus where the 0pri verdict would discard the Primary: disconnect.
+    let mut c = split_brain_cluster(policy(AfterSb0Pri::DiscardLeastChanges, AfterSb1Pri::Consensus), 5, 1);
+    c.cmd('a', Command::Secondary);
+    c.heal();
+    c.settle();
+    assert_eq!(c.a.engine.conn.state(), ConnState::StandAlone);
+    assert!(c.b.engine.status().split_brain);
+}
+
+#[test]
+fn split_brain_two_primaries_disconnect() {
+    let mut c = split_brain_cluster(policy(AfterSb0Pri::DiscardZeroChanges, AfterSb1Pri::DiscardSecondary), 1, 1);
+    c.heal();
+    c.settle();
+    assert_eq!(c.a.engine.conn.state(), ConnState::StandAlone);
+    assert_eq!(c.b.engine.conn.state(), ConnState::StandAlone);
+    assert!(c.a.engine.status().split_brain);
+}
+
+#[test]
+fn verify_finds_and_resync_repairs_a_silent_difference() {
+    let mut c = Cluster::synced(default_policy());
+    c.b.disk[5000] ^= 0xff;
+    assert!(matches!(c.cmd('a', Command::Verify), CommandResult::Ok(_)));
+    c.settle();
+    let v = c.a.engine.status().last_verify.unwrap();
+    assert_eq!(v.out_of_sync_bytes, 4096);
+    assert_eq!(v.checked_bytes, SIZE);
+    assert_eq!(c.b.engine.status().out_of_sync_bytes, 4096);
+    c.cmd('a', Command::Disconnect);
+    c.cmd('a', Command::Connect { discard_my_data: false });
+    c.settle();
+    assert_eq!(c.a.disk, c.b.disk);
+    c.cmd('b', Command::Verify);
+    c.settle();
+    assert_eq!(c.a.engine.status().last_verify.unwrap().out_of_sync_bytes, 0);
+}
+
+#[test]
+fn writes_during_resync_stay_correct() {
+    let mut c = Cluster::synced(default_policy());
+    c.cut();
+    for i in 0..64 {
+        c.write('a', i * 4096, 1, 4096);
+    }
+    c.settle();
+    c.heal();
+    c.try_connect();
+    // Interleave new writes with the resync.
+    for i in 0..64 {
+        c.write('a', i * 4096 + 2048, 2, 4096);
+        c.complete_io('a');
+        c.deliver('b');
+        c.complete_io('b');
+        c.deliver('a');
+    }
+    c.settle();
+    assert_eq!(c.a.disk, c.b.disk);
+}
+
+#[test]
+fn invalidate_resyncs_everything_from_the_peer() {
+    let mut c = Cluster::synced(default_policy());
+    c.b.disk[100] ^= 1;
+    assert!(matches!(c.cmd('a', Command::Invalidate), CommandResult::Refused(_)));
+    assert!(matches!(c.cmd('b', Command::Invalidate), CommandResult::Ok(_)));
+    c.settle();
+    assert_eq!(c.a.disk, c.b.disk);
+    assert_eq!(c.b.engine.disk, DiskState::UpToDate);
+}
+
+#[test]
+fn corrupt_data_packet_is_resent() {
+    let mut c = Cluster::synced(default_policy());
+    let req = c.write('a', 0, 0x55, 4096);
+    let frame = c.ab.pop_front().unwrap();
+    let t = c.t();
+    let s = c.session;
+    c.b.engine.handle(t, Input::PeerCorrupt { session: s, kind: hablock_proto::peer::kind_of(&frame.msg), id: frame.id });
+    c.collect('b');
+    c.settle();
+    assert_eq!(c.outcome('a', req), Some(IoOutcome::Done));
+    assert_eq!(c.a.disk, c.b.disk);
+}
+
+#[test]
+fn silent_peer_times_out_and_writes_complete_marked() {
+    let mut c = Cluster::synced(default_policy());
+    let req = c.write('a', 0, 1, 4096);
+    c.complete_io('a');
+    c.ab.clear(); // the peer never answers
+    for _ in 0..50 {
+        c.now += 100;
+        let t = c.t();
+        c.a.engine.handle(t, Input::Tick);
+        c.collect('a');
+    }
+    assert_eq!(c.outcome('a', req), Some(IoOutcome::Done));
+    assert_eq!(c.a.engine.bitmap.count(), 1);
+}
