@@ -74,14 +74,14 @@ mod layout;
 mod store;
 mod superblock;
 
-pub use al::{decode_al_slot, encode_al_slot, ActivityLog, AlError, AL_MAX_EXTENTS};
+pub use al::{decode_al_slot, encode_al_slot, ActivityLog, AlError, AL_MAGIC, AL_MAX_EXTENTS};
 pub use bitmap::{Bitmap, BITS_PER_PAGE};
-pub use create::{create_md, detect_signature, CreateReport};
+pub use create::{create_md, detect_signature, CreateReport, SIGNATURE_PROBE_BYTES};
 pub use error::MdError;
 pub use io::MdIo;
-pub use layout::{Layout, MdLocation};
+pub use layout::{bitmap_bytes_for, Layout, MdLocation};
 pub use store::{AreaKind, MdStore};
-pub use superblock::{Superblock, FLAG_PRIMARY, FLAG_SPLIT_BRAIN_VICTIM, FORMAT_VERSION};
+pub use superblock::{Superblock, FLAG_PRIMARY, FLAG_SPLIT_BRAIN_VICTIM, FORMAT_VERSION, SB_MAGIC};
 
 /// Bytes of data covered by one bitmap bit (and the metadata page size).
 pub const BLOCK_BYTES: u64 = 4096;

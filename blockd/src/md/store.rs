@@ -311,3 +311,123 @@ impl MdStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::md::create_md;
+    use std::io;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// In-memory device whose writes and syncs can be made to fail.
+    #[derive(Clone, Default)]
+    struct FaultyIo {
+        data: Arc<Mutex<Vec<u8>>>,
+        fail_sync: Arc<AtomicBool>,
+        fail_write: Arc<AtomicBool>,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl MdIo for FaultyIo {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            let d = self.data.lock().unwrap();
+            let src = d
+                .get(offset as usize..offset as usize + buf.len())
+                .ok_or(io::ErrorKind::UnexpectedEof)?;
+            buf.copy_from_slice(src);
+            Ok(())
+        }
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            if self.fail_write.load(Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            let mut d = self.data.lock().unwrap();
+            d[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
+            Ok(())
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            if self.fail_sync.load(Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            Ok(())
+        }
+        fn size(&mut self) -> io::Result<u64> {
+            Ok(self.data.lock().unwrap().len() as u64)
+        }
+    }
+
+    fn faulty_store() -> (MdStore, FaultyIo) {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("dev");
+        File::create(&dev).unwrap().set_len(4 << 20).unwrap();
+        create_md(&dev, &MdLocation::Internal, "r0", false).unwrap();
+        let io = FaultyIo {
+            data: Arc::new(Mutex::new(std::fs::read(&dev).unwrap())),
+            ..FaultyIo::default()
+        };
+        let store = MdStore::open_io(Box::new(io.clone()), &dev, AreaKind::Internal).unwrap();
+        (store, io)
+    }
+
+    fn reopen(io: &FaultyIo) -> MdStore {
+        MdStore::open_io(Box::new(io.clone()), Path::new("mem"), AreaKind::Internal).unwrap()
+    }
+
+    #[test]
+    fn failed_fdatasync_does_not_advance_superblock() {
+        let (mut store, io) = faulty_store();
+        let mut sb = store.superblock().clone();
+        let seq = sb.seq;
+        sb.uuids.current = 7;
+        io.fail_sync.store(true, Ordering::SeqCst);
+        let err = store.write_superblock(&sb).unwrap_err();
+        assert!(err.to_string().contains("fdatasync"), "{err}");
+        assert_eq!(store.superblock().seq, seq);
+        assert_eq!(store.superblock().uuids.current, 0);
+        io.fail_sync.store(false, Ordering::SeqCst);
+        store.write_superblock(&sb).unwrap();
+        assert_eq!(store.superblock().seq, seq + 1);
+        assert_eq!(reopen(&io).superblock().uuids.current, 7);
+        // A failed write likewise leaves the store where it was.
+        io.fail_write.store(true, Ordering::SeqCst);
+        sb.uuids.current = 8;
+        assert!(matches!(
+            store.write_superblock(&sb),
+            Err(MdError::Io { .. })
+        ));
+        assert_eq!(store.superblock().uuids.current, 7);
+    }
+
+    #[test]
+    fn failed_fdatasync_keeps_bitmap_pages_dirty() {
+        let (mut store, io) = faulty_store();
+        let mut bm = store.load_bitmap().unwrap();
+        bm.clear_all();
+        io.fail_sync.store(true, Ordering::SeqCst);
+        assert!(store.write_bitmap(&mut bm).is_err());
+        assert_eq!(
+            bm.dirty_pages(),
+            vec![0],
+            "still dirty: the retry rewrites it"
+        );
+        io.fail_sync.store(false, Ordering::SeqCst);
+        let before = io.writes.load(Ordering::SeqCst);
+        assert_eq!(store.write_bitmap(&mut bm).unwrap(), 1);
+        assert_eq!(io.writes.load(Ordering::SeqCst), before + 1);
+        assert_eq!(reopen(&io).load_bitmap().unwrap().count(), 0);
+    }
+
+    #[test]
+    fn failed_fdatasync_does_not_advance_al() {
+        let (mut store, io) = faulty_store();
+        store.write_al(&[1]).unwrap();
+        io.fail_sync.store(true, Ordering::SeqCst);
+        assert!(store.write_al(&[1, 2]).is_err());
+        assert_eq!(store.al_extents(), &[1]);
+        io.fail_sync.store(false, Ordering::SeqCst);
+        store.write_al(&[1, 2]).unwrap();
+        assert_eq!(reopen(&io).al_extents(), &[1, 2]);
+    }
+}
