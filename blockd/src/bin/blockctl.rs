@@ -165,7 +165,7 @@ fn create_md(common: &CommonOptions, resource: &str, force: bool) -> Result<(), 
             }
         }
     }
-    let report = blockd::md::create_md(&r.backing, &r.metadata, resource, force).map_err(|e| refused(e.to_string()))?;
+    let report = blockd::md::create_md(&r.backing, &blockd::daemon::md_location(r), resource, force).map_err(|e| refused(e.to_string()))?;
     println!(
         "{resource}: metadata written ({}); usable size {} bytes ({}), metadata {} bytes",
         report.location,

@@ -58,6 +58,11 @@ pub fn policy_of(r: &ResourceConfig) -> decide::SplitBrainPolicy {
     }
 }
 
+/// Where a resource keeps its metadata.
+pub fn md_location(r: &ResourceConfig) -> crate::md::MdLocation {
+    crate::md::MdLocation::External(r.metadata.clone())
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let cfg = Config::load(&opts.config, &opts.node)
@@ -84,7 +89,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let mut inboxes = BTreeMap::new();
     let mut tasks = Vec::new();
     for (name, r) in &cfg.resources {
-        let md = MdStore::open(&r.backing, &r.metadata).with_context(|| {
+        let md = MdStore::open(&r.backing, &md_location(r)).with_context(|| {
             format!("resource {name}: opening the metadata of {} (did you run `blockctl create-md {name}`?)", r.backing.display())
         })?;
         let backing = io::Backing::open(&r.backing)

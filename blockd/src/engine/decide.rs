@@ -166,6 +166,7 @@ pub fn decide(me: &Side, peer: &Side, policy: &SplitBrainPolicy) -> Decision {
     }
 }
 
+#[cfg(test)]
 fn flip(d: Decision) -> Decision {
     match d {
         Decision::Source(s) => Decision::Target(s),
@@ -224,23 +225,25 @@ fn same_generation(me: &Side, peer: &Side) -> Decision {
         (false, true) => return Decision::Source(SyncScope::Bitmap),
         (false, false) => {}
     }
+    let work = me.dirty_bits > 0 || peer.dirty_bits > 0 || me.crashed_primary || peer.crashed_primary;
+    if !work {
+        return Decision::InSync;
+    }
+    // Blocks to copy on equal generations (a crashed Primary's activity log, verify
+    // findings): a Primary's copy is the one clients see, so it is the reference; then
+    // the crashed Primary's; then a deterministic pick.
+    if me.role == Role::Primary && peer.role != Role::Primary {
+        return Decision::Source(SyncScope::Bitmap);
+    }
+    if peer.role == Role::Primary && me.role != Role::Primary {
+        return Decision::Target(SyncScope::Bitmap);
+    }
     if me.crashed_primary != peer.crashed_primary {
         return if me.crashed_primary {
             Decision::Source(SyncScope::Bitmap)
         } else {
             Decision::Target(SyncScope::Bitmap)
         };
-    }
-    if me.dirty_bits == 0 && peer.dirty_bits == 0 && !me.crashed_primary {
-        return Decision::InSync;
-    }
-    // Dirty bits on equal generations (verify findings, two crashed nodes): the Primary
-    // is the reference; otherwise a deterministic pick.
-    if me.role == Role::Primary && peer.role != Role::Primary {
-        return Decision::Source(SyncScope::Bitmap);
-    }
-    if peer.role == Role::Primary && me.role != Role::Primary {
-        return Decision::Target(SyncScope::Bitmap);
     }
     if me.node < peer.node {
         Decision::Source(SyncScope::Bitmap)

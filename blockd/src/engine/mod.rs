@@ -26,7 +26,7 @@ use crate::md::{ActivityLog, Bitmap, BLOCK_BYTES};
 use decide::{Side, SplitBrainPolicy};
 use hablock_proto::control::{ResourceStatus, VerifyResult};
 use hablock_proto::peer::{Frame, Message, NodeState};
-use hablock_proto::types::{ConnState, DiskState, Role, Uuids};
+use hablock_proto::types::{DiskState, Role, Uuids};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use ranges::{Range, RangeLocks};
@@ -304,9 +304,13 @@ struct AppWrite {
     payload: WritePayload,
     fua: bool,
     started: bool,
+    /// Counted in the activity log (released on completion).
+    al_held: bool,
     local_done: bool,
     /// Waiting for the peer's ack (sent at `sent_ms`).
     peer_pending: bool,
+    /// The peer acknowledged it.
+    mirrored: bool,
     sent_ms: u64,
     error: Option<i32>,
 }
@@ -604,7 +608,9 @@ impl Engine {
         self.actions.push(Action::PersistSuperblock(st));
     }
 
-    /// Starts a new data generation if this Primary's writes are no longer mirrored.
+    /// Starts a new data generation before the first write that is not mirrored
+    /// (lazily, as DRBD: a Primary that loses its peer but writes nothing keeps its
+    /// generation, so reconnecting needs no resync and is no split brain).
     fn begin_divergence(&mut self) {
         if self.role == Role::Primary && self.uuids.bitmap == 0 {
             self.uuids.bitmap = self.uuids.current;
@@ -722,8 +728,10 @@ impl Engine {
                 payload,
                 fua,
                 started: false,
+                al_held: false,
                 local_done: false,
                 peer_pending: false,
+                mirrored: false,
                 sent_ms: 0,
                 error: None,
             },
@@ -746,8 +754,22 @@ impl Engine {
             w.peer_pending = true;
             w.sent_ms = self.now.mono_ms;
         }
-        if let Some(extents) = self.al.activate(offset, len) {
-            self.actions.push(Action::PersistActivityLog(extents));
+        match self.al.activate(offset, len) {
+            Ok(changed) => {
+                w.al_held = true;
+                if let Some(extents) = changed {
+                    self.actions.push(Action::PersistActivityLog(extents));
+                }
+            }
+            Err(e) => {
+                // The activity log cannot cover this write (larger than the log, or
+                // every extent busy): mark the range in the persisted bitmap instead,
+                // which covers a crash just as well; the mark is cleared once both
+                // nodes have the write.
+                warn!(resource = %self.cfg.resource, offset, len, "activity log: {e}; marking the bitmap instead");
+                self.bitmap.set_range_bytes(offset, len);
+                self.actions.push(Action::PersistBitmap);
+            }
         }
         self.ops.insert(id, OpKind::AppWrite(id));
         match &payload {
@@ -781,7 +803,11 @@ impl Engine {
         }
         let Some(w) = self.writes.remove(&id) else { return };
         let (offset, len) = (w.range.start, w.range.end - w.range.start);
-        self.al.complete(offset, len);
+        if w.al_held {
+            self.al.complete(offset, len);
+        } else if w.error.is_none() && w.mirrored {
+            self.bitmap.clear_range_full_blocks(offset, len);
+        }
         let outcome = match w.error {
             Some(e) => IoOutcome::Failed(e),
             None => IoOutcome::Done,
@@ -884,6 +910,7 @@ impl Engine {
             Message::DataAck => {
                 if let Some(w) = self.writes.get_mut(&id) {
                     w.peer_pending = false;
+                    w.mirrored = true;
                     if self.conn.is_sync_source() {
                         let r = w.range;
                         self.bitmap.clear_range_full_blocks(r.start, r.end - r.start);
@@ -1045,9 +1072,6 @@ impl Engine {
         }
         self.primary_since_ms = self.now.wall_ms;
         self.set_role(Role::Primary);
-        if !self.conn.is_established() {
-            self.begin_divergence();
-        }
         self.persist_superblock();
         self.actions.push(Action::SetExported(true));
         if renegotiate {

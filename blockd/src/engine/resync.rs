@@ -24,7 +24,6 @@ const WINDOW: usize = 16;
 #[derive(Debug)]
 pub(super) struct Resync {
     cursor: u64,
-    total_bits: u64,
     inflight: HashMap<u64, Chunk>,
     tokens: f64,
     last_tick_ms: u64,
@@ -73,7 +72,6 @@ impl Engine {
         self.meter = RateMeter { samples: VecDeque::new(), total_bits: total };
         self.resync = Some(Resync {
             cursor: 0,
-            total_bits: total,
             inflight: HashMap::new(),
             tokens: self.burst(),
             last_tick_ms: self.now.mono_ms,

@@ -425,7 +425,7 @@ impl Engine {
         }
         // The generation changes before any write completes without the peer.
         let pending: Vec<u64> = self.writes.iter().filter(|(_, w)| w.peer_pending).map(|(id, _)| *id).collect();
-        if self.role == Role::Primary {
+        if !pending.is_empty() {
             self.begin_divergence();
         }
         let mut marked = 0;

@@ -7,6 +7,7 @@ use super::decide::{AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, SplitBrainPolicy};
 use super::*;
 use crate::md::{Bitmap, BLOCK_BYTES};
 use hablock_proto::peer::Frame;
+use hablock_proto::types::ConnState;
 use std::collections::VecDeque;
 
 const SIZE: u64 = 64 * BLOCK_BYTES * 16; // 4 MiB
@@ -155,10 +156,29 @@ impl Cluster {
             }
         }
         if close {
-            self.drop_session();
+            self.close_session(which);
         }
     }
 
+    /// A node closed the session: what it sent before still arrives (TCP delivers
+    /// before the FIN), then both see the session end.
+    fn close_session(&mut self, closer: char) {
+        if !self.connected {
+            return;
+        }
+        self.connected = false;
+        let (to, q) = if closer == 'a' { ('b', std::mem::take(&mut self.ab)) } else { ('a', std::mem::take(&mut self.ba)) };
+        let t = self.t();
+        let s = self.session;
+        for frame in q {
+            self.node(to).engine.handle(t, Input::PeerFrame { session: s, frame });
+            self.collect(to);
+        }
+        self.connected = true;
+        self.drop_session();
+    }
+
+    /// The link or a node died: everything in flight is lost.
     fn drop_session(&mut self) {
         if !self.connected {
             return;
@@ -293,11 +313,12 @@ impl Cluster {
         self.link_up = true;
     }
 
+    /// `kill -9`: the node learns nothing; it restarts from what it persisted.
     fn crash(&mut self, which: char) {
-        self.drop_session();
         let policy = self.policy;
         let (peer, seed) = if which == 'a' { ("b", 11) } else { ("a", 12) };
         self.node(which).restart(peer, policy, seed);
+        self.drop_session();
         self.collect(which);
     }
 
@@ -454,7 +475,7 @@ fn primary_crash_peer_promoted_old_primary_becomes_target() {
     assert_eq!(c.outcome('b', r), Some(IoOutcome::Done));
     c.heal();
     c.settle();
-    assert_eq!(c.b.engine.conn.state(), ConnState::Connected);
+    assert_eq!(c.b.engine.conn.state(), ConnState::Connected, "{:?} {:?}", c.b.engine.status(), c.a.engine.status());
     assert_eq!(c.a.disk, c.b.disk, "the crashed primary's stray write is overwritten");
     assert_eq!(c.a.engine.disk, DiskState::UpToDate);
 }

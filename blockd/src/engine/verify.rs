@@ -11,7 +11,6 @@
 use super::ranges::Range;
 use super::session::Mode;
 use super::{CommandResult, Engine, IoOutcome, LockOwner, OpKind};
-use crate::md::BLOCK_BYTES;
 use hablock_proto::control::VerifyResult;
 use hablock_proto::peer::{Message, VERIFY_BLOCK};
 use hablock_proto::types::Role;
@@ -169,8 +168,8 @@ impl Engine {
             }
         }
         v.checked += c.len;
+        v.out_of_sync += bad.iter().map(|(_, len)| len).sum::<u64>();
         for (off, len) in bad {
-            v.out_of_sync += len;
             self.bitmap.set_range_bytes(off, len);
             self.send(0, Message::OutOfSync { offset: off, len });
         }
