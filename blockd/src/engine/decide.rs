@@ -137,12 +137,16 @@ impl std::fmt::Display for Refusal {
 /// whatever the decision.
 pub fn is_split_brain(me: &Side, peer: &Side) -> bool {
     let (a, b) = (&me.uuids, &peer.uuids);
-    a.current != b.current
-        && a.current != 0
-        && b.current != 0
-        && ((a.bitmap != 0 && a.bitmap == b.bitmap)
-            || (a.bitmap != 0 && b.history.contains(&a.bitmap))
-            || (b.bitmap != 0 && a.history.contains(&b.bitmap)))
+    if a.current == b.current || a.current == 0 || b.current == 0 {
+        return false;
+    }
+    // One side is simply ahead of the other: an ordinary resync.
+    if (a.bitmap != 0 && a.bitmap == b.current) || (b.bitmap != 0 && b.bitmap == a.current) {
+        return false;
+    }
+    (a.bitmap != 0 && a.bitmap == b.bitmap)
+        || (a.bitmap != 0 && b.history.contains(&a.bitmap))
+        || (b.bitmap != 0 && a.history.contains(&b.bitmap))
 }
 
 /// Decides what happens when `me` meets `peer`.

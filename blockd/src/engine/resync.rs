@@ -266,7 +266,12 @@ impl Engine {
             return;
         }
         let old = self.uuids.current;
-        self.uuids = Uuids { current: source.current, bitmap: 0, history: [old, self.uuids.history[0]] };
+        let history = if old == source.current || old == 0 {
+            self.uuids.history
+        } else {
+            [old, self.uuids.history[0]]
+        };
+        self.uuids = Uuids { current: source.current, bitmap: 0, history };
         self.bitmap.clear_all();
         self.crashed_primary = false;
         self.actions.push(Action::PersistBitmap);
