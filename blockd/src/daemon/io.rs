@@ -1,13 +1,16 @@
 //! Local I/O on the backing device.
 //!
-//! Requests run on tokio's blocking pool with positioned reads and writes
-//! (`pread`/`pwrite`), so many run at once. Durability policy: a write completes when
+//! Reads, writes and flushes go through an io_uring queue ([`super::uring`]); FUA
+//! writes carry `RWF_DSYNC`. Discards and write-zeroes (rare) run on tokio's blocking
+//! pool. Where io_uring is unavailable the daemon says so and uses positioned
+//! reads and writes on the blocking pool instead. Durability policy: a write completes when
 //! the kernel has it (it survives a crash of blockd, not a power loss, exactly like a
 //! disk with a volatile cache); FUA writes and flushes call `fdatasync` before they
 //! complete, and a failed `fdatasync` is reported to the issuer as an I/O error, never
 //! retried (the kernel may have dropped the dirty pages).
 
-use super::super::engine::IoOutcome;
+use super::uring::{UringOp, UringQueue};
+use crate::engine::IoOutcome;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt};
@@ -20,6 +23,7 @@ use std::sync::Arc;
 pub struct Backing {
     file: Arc<File>,
     is_block_device: bool,
+    uring: Option<UringQueue>,
 }
 
 /// The errno of an I/O error (EIO when it has none).
@@ -30,13 +34,23 @@ pub fn errno(e: &io::Error) -> i32 {
 impl Backing {
     /// Opens the backing device read-write.
     pub fn open(path: &Path) -> io::Result<Backing> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let file = Arc::new(OpenOptions::new().read(true).write(true).open(path)?);
         let is_block_device = file.metadata()?.file_type().is_block_device();
-        Ok(Backing { file: Arc::new(file), is_block_device })
+        let uring = match UringQueue::start(file.clone()) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "io_uring unavailable ({e}); using the blocking thread pool");
+                None
+            }
+        };
+        Ok(Backing { file, is_block_device, uring })
     }
 
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: u32) -> IoOutcome {
+        if let Some(q) = &self.uring {
+            return outcome(q.run(UringOp::Read { offset, len }).await);
+        }
         let file = self.file.clone();
         run(move || {
             let mut buf = vec![0u8; len as usize];
@@ -48,6 +62,9 @@ impl Backing {
 
     /// Writes `data` at `offset`; with `fua`, makes it durable first.
     pub async fn write(&self, offset: u64, data: Arc<[u8]>, fua: bool) -> IoOutcome {
+        if let Some(q) = &self.uring {
+            return outcome(q.run(UringOp::Write { offset, data, dsync: fua }).await);
+        }
         let file = self.file.clone();
         run(move || {
             file.write_all_at(&data, offset)?;
@@ -61,6 +78,9 @@ impl Backing {
 
     /// Makes every completed write durable.
     pub async fn flush(&self) -> IoOutcome {
+        if let Some(q) = &self.uring {
+            return outcome(q.run(UringOp::Sync).await);
+        }
         let file = self.file.clone();
         run(move || {
             file.sync_data()?;
@@ -85,14 +105,20 @@ impl Backing {
     }
 }
 
+fn outcome(r: io::Result<Option<Vec<u8>>>) -> IoOutcome {
+    match r {
+        Ok(Some(data)) => IoOutcome::Data(data),
+        Ok(None) => IoOutcome::Done,
+        Err(e) => IoOutcome::Failed(errno(&e)),
+    }
+}
+
 async fn run<F>(f: F) -> IoOutcome
 where
     F: FnOnce() -> io::Result<Option<Vec<u8>>> + Send + 'static,
 {
     match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(Some(data))) => IoOutcome::Data(data),
-        Ok(Ok(None)) => IoOutcome::Done,
-        Ok(Err(e)) => IoOutcome::Failed(errno(&e)),
+        Ok(r) => outcome(r),
         Err(_) => IoOutcome::Failed(libc::EIO),
     }
 }

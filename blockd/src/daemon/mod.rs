@@ -6,6 +6,7 @@ pub mod control;
 pub mod io;
 pub mod peer;
 pub mod resource;
+pub mod uring;
 
 use crate::engine::{decide, Engine, EngineConfig, PersistedState};
 use crate::md::{MdStore, FLAG_PRIMARY};
