@@ -61,7 +61,10 @@ pub fn policy_of(r: &ResourceConfig) -> decide::SplitBrainPolicy {
 
 /// Where a resource keeps its metadata.
 pub fn md_location(r: &ResourceConfig) -> crate::md::MdLocation {
-    crate::md::MdLocation::External(r.metadata.clone())
+    match &r.metadata {
+        hablock_config::MetadataLocation::Internal => crate::md::MdLocation::Internal,
+        hablock_config::MetadataLocation::External(p) => crate::md::MdLocation::External(p.clone()),
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
