@@ -82,7 +82,7 @@ fn secondary_killed_mid_fio_resyncs_only_the_written_blocks() {
     let resynced_before = p.status(SLAVE).unwrap()["resynced_bytes"].as_u64().unwrap();
     let mut fio = fio_job(&p.nbd_uri(MASTER), "64M", &["--do_verify=1", "--time_based=0"]);
     fio.current_dir(p.dir.path());
-    let mut child = fio.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = fio.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     p.kill9(SLAVE);
     std::thread::sleep(Duration::from_millis(1500));
