@@ -369,3 +369,13 @@ pub fn qemu_io(uri: &str, cmds: &[&str]) -> Result<String> {
     }
     Ok(out)
 }
+
+/// The first `max` bytes of a file (for logs that may be huge).
+pub fn head(path: &Path, max: usize) -> String {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    if let Ok(f) = fs::File::open(path) {
+        let _ = f.take(max as u64).read_to_end(&mut buf);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}

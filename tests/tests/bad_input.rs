@@ -233,7 +233,11 @@ fn create_md_refuses_a_filesystem_and_existing_metadata() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ext4"), "{err}");
     p.blockctl_ok(MASTER, &["create-md", "--force", "r0"]).unwrap();
-    let out = p.blockctl(MASTER, &["create-md", "r0"]).unwrap();
+    // Existing metadata on a clean device.
+    p.blockctl_ok(SLAVE, &["create-md", "r0"]).unwrap();
+    let out = p.blockctl(SLAVE, &["create-md", "r0"]).unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("metadata"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("metadata"), "{err}");
+    p.blockctl_ok(SLAVE, &["create-md", "--force", "r0"]).unwrap();
 }

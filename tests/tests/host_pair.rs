@@ -79,7 +79,8 @@ fn fio_job(uri: &str, size: &str, extra: &[&str]) -> Command {
 #[test]
 fn secondary_killed_mid_fio_resyncs_only_the_written_blocks() {
     let mut p = Pair::synced(PairOptions { size_bytes: 256 << 20, ..Default::default() }).unwrap();
-    let resynced_before = p.status(SLAVE).unwrap()["resynced_bytes"].as_u64().unwrap();
+    // The master's counter (the slave's restarts with its process).
+    let resynced_before = p.status(MASTER).unwrap()["resynced_bytes"].as_u64().unwrap();
     let mut fio = fio_job(&p.nbd_uri(MASTER), "64M", &["--do_verify=1", "--time_based=0"]);
     fio.current_dir(p.dir.path());
     let child = fio.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
@@ -92,8 +93,7 @@ fn secondary_killed_mid_fio_resyncs_only_the_written_blocks() {
     assert!(out.status.success(), "fio failed: {text}");
     assert!(!text.contains("verify: bad"), "{text}");
     let s = p.wait_for(MASTER, "resync done", |s| s["connection"] == "Connected" && s["peer_disk"] == "UpToDate").unwrap();
-    let slave = p.status(SLAVE).unwrap();
-    let resynced = slave["resynced_bytes"].as_u64().unwrap() - resynced_before;
+    let resynced = s["resynced_bytes"].as_u64().unwrap() - resynced_before;
     let size = s["size_bytes"].as_u64().unwrap();
     eprintln!("resynced after the secondary's crash: {resynced} bytes of {size}");
     assert!(resynced > 0, "something was written while the secondary was down");
@@ -109,21 +109,28 @@ fn primary_killed_mid_fio_peer_has_every_acknowledged_write() {
     let mut p = Pair::synced(PairOptions { size_bytes: 256 << 20, ..Default::default() }).unwrap();
     let mut fio = fio_job(&p.nbd_uri(MASTER), "128M", &["--do_verify=0", "--verify_state_save=1"]);
     fio.current_dir(p.dir.path());
-    let child = fio.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let log = std::fs::File::create(p.dir.path().join("fio.log")).unwrap();
+    let mut child = fio.stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(2000));
     p.kill9(MASTER);
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let status = child.wait().unwrap();
+    let out = std::process::Output { status, stdout: Vec::new(), stderr: Vec::new() };
+    let text = hablock_tests::head(&p.dir.path().join("fio.log"), 4000);
     assert!(!out.status.success(), "fio should have seen its server die: {text}");
-    let state = p.dir.path().join("hablock-local-0-verify.state");
-    assert!(state.exists(), "fio saved no verify state: {text}");
+    let state = p.dir.path().join("local-hablock-0-verify.state");
+    let files: Vec<_> = std::fs::read_dir(p.dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(state.exists(), "fio saved no verify state ({files:?}): {text}");
+    eprintln!("fio stopped; waiting for the slave to notice");
     p.wait_for(SLAVE, "peer loss noticed", |s| s["connection"] == "Connecting").unwrap();
     let refused = p.blockctl(SLAVE, &["primary", "r0"]).unwrap();
     assert_eq!(refused.status.code(), Some(1), "plain promotion with the peer unknown must be refused");
     p.blockctl_ok(SLAVE, &["primary", "--force", "r0"]).unwrap();
     let mut verify = fio_job(&p.nbd_uri(SLAVE), "128M", &["--verify_only", "--verify_state_load=1"]);
     verify.current_dir(p.dir.path());
+    eprintln!("promoted; verifying");
     let v = run_ok(&mut verify).unwrap();
+    eprintln!("verify pass: {v}");
+    assert!(v.contains("READ:"), "the verify pass read nothing: {v}");
     assert!(!v.contains("verify: bad"), "{v}");
     // The old primary comes back as a resync target and converges.
     p.start(MASTER).unwrap();
