@@ -31,7 +31,11 @@ impl CommonOptions {
 
     /// The daemon's options.
     pub fn daemon_options(&self) -> anyhow::Result<DaemonOptions> {
-        Ok(DaemonOptions { config: self.config.clone(), node: self.node()?, run_dir: self.run_dir.clone() })
+        Ok(DaemonOptions {
+            config: self.config.clone(),
+            node: self.node()?,
+            run_dir: self.run_dir.clone(),
+        })
     }
 }
 
@@ -39,5 +43,8 @@ impl CommonOptions {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

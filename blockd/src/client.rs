@@ -37,9 +37,14 @@ pub struct Client {
 impl Client {
     /// Connects to the socket.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path)
-            .map_err(|source| ClientError::Connect { path: path.display().to_string(), source })?;
-        Ok(Client { stream, buf: Vec::new() })
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Client {
+            stream,
+            buf: Vec::new(),
+        })
     }
 
     /// Sends a request.

@@ -67,7 +67,11 @@ pub enum ConfigError {
 }
 
 fn line_of(text: &str, byte: usize) -> usize {
-    text[..byte.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..byte.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 /// Finds the line of `key` in table `table` (a dotted header such as `resources.r0`),
@@ -99,8 +103,10 @@ fn locate(text: &str, table: &str, key: Option<&str>) -> usize {
 impl Config {
     /// Reads, expands and validates the configuration for `node`.
     pub fn load(path: &Path, node: &str) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { file: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
         Config::parse_str(&text, &path.display().to_string(), node)
     }
 
@@ -112,7 +118,12 @@ impl Config {
             let inner = e.into_inner();
             let line = inner.span().map(|s| line_of(text, s.start)).unwrap_or(0);
             let message = inner.message().trim().replace('`', "\"");
-            ConfigError::Invalid { file: file.to_string(), line, key, message }
+            ConfigError::Invalid {
+                file: file.to_string(),
+                line,
+                key,
+                message,
+            }
         })?;
         if !cfg.nodes.contains_key(node) {
             return Err(ConfigError::UnknownNode {
@@ -145,7 +156,13 @@ impl Config {
             for item in &mut g.resources {
                 match item {
                     GroupResource::Block { resource } => s(resource),
-                    GroupResource::Filesystem { device, mountpoint, fstype, options, .. } => {
+                    GroupResource::Filesystem {
+                        device,
+                        mountpoint,
+                        fstype,
+                        options,
+                        ..
+                    } => {
                         p(device);
                         p(mountpoint);
                         s(fstype);
@@ -172,7 +189,12 @@ impl Config {
                 Some(k) => format!("{table}.{k}"),
                 None => table.to_string(),
             };
-            ConfigError::Invalid { file: file.to_string(), line, key: path, message }
+            ConfigError::Invalid {
+                file: file.to_string(),
+                line,
+                key: path,
+                message,
+            }
         };
         if self.nodes.len() != 2 {
             return Err(err(
@@ -184,7 +206,11 @@ impl Config {
         let lens: Vec<usize> = self.nodes.values().map(|n| n.heartbeat.len()).collect();
         for (name, n) in &self.nodes {
             if n.heartbeat.is_empty() {
-                return Err(err(&format!("nodes.{name}"), Some("heartbeat"), "at least one heartbeat address is expected".into()));
+                return Err(err(
+                    &format!("nodes.{name}"),
+                    Some("heartbeat"),
+                    "at least one heartbeat address is expected".into(),
+                ));
             }
             if n.heartbeat.len() != lens[0] {
                 return Err(err(
@@ -196,16 +222,32 @@ impl Config {
         }
         let hb = &self.heartbeat;
         if hb.keepalive.is_zero() {
-            return Err(err("heartbeat", Some("keepalive"), "must be more than 0".into()));
+            return Err(err(
+                "heartbeat",
+                Some("keepalive"),
+                "must be more than 0".into(),
+            ));
         }
         if hb.deadtime <= hb.keepalive {
-            return Err(err("heartbeat", Some("deadtime"), "must be longer than keepalive".into()));
+            return Err(err(
+                "heartbeat",
+                Some("deadtime"),
+                "must be longer than keepalive".into(),
+            ));
         }
         if hb.warntime >= hb.deadtime {
-            return Err(err("heartbeat", Some("warntime"), "must be shorter than deadtime".into()));
+            return Err(err(
+                "heartbeat",
+                Some("warntime"),
+                "must be shorter than deadtime".into(),
+            ));
         }
         if hb.initdead < hb.deadtime {
-            return Err(err("heartbeat", Some("initdead"), "must be at least deadtime".into()));
+            return Err(err(
+                "heartbeat",
+                Some("initdead"),
+                "must be at least deadtime".into(),
+            ));
         }
         let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
         for (name, r) in &self.resources {
@@ -214,39 +256,73 @@ impl Config {
                 return Err(err(&table, Some("port"), "must not be 0".into()));
             }
             if let Some(other) = ports.insert(r.port, name) {
-                return Err(err(&table, Some("port"), format!("port {} is already used by resource {other}", r.port)));
+                return Err(err(
+                    &table,
+                    Some("port"),
+                    format!("port {} is already used by resource {other}", r.port),
+                ));
             }
             if r.resync_rate == 0 {
-                return Err(err(&table, Some("resync_rate"), "must be more than 0".into()));
+                return Err(err(
+                    &table,
+                    Some("resync_rate"),
+                    "must be more than 0".into(),
+                ));
             }
             if r.peer_timeout <= r.ping_interval {
-                return Err(err(&table, Some("peer_timeout"), "must be longer than ping_interval".into()));
+                return Err(err(
+                    &table,
+                    Some("peer_timeout"),
+                    "must be longer than ping_interval".into(),
+                ));
             }
             if name.len() > 64 {
-                return Err(err(&table, None, "resource names are at most 64 bytes".into()));
+                return Err(err(
+                    &table,
+                    None,
+                    "resource names are at most 64 bytes".into(),
+                ));
             }
         }
         for (name, g) in &self.groups {
             let table = format!("groups.{name}");
             if let Some(p) = &g.preferred {
                 if !self.nodes.contains_key(p) {
-                    return Err(err(&table, Some("preferred"), format!("{p:?} is not a node in [nodes]")));
+                    return Err(err(
+                        &table,
+                        Some("preferred"),
+                        format!("{p:?} is not a node in [nodes]"),
+                    ));
                 }
             }
             for item in &g.resources {
                 match item {
                     GroupResource::Block { resource } if !self.resources.contains_key(resource) => {
-                        return Err(err(&table, Some("resources"), format!("block resource {resource:?} is not in [resources]")));
+                        return Err(err(
+                            &table,
+                            Some("resources"),
+                            format!("block resource {resource:?} is not in [resources]"),
+                        ));
                     }
                     GroupResource::Vip { address, .. } => {
                         let max = if address.addr.is_ipv4() { 32 } else { 128 };
                         if address.prefix_len > max {
                             let len = address.prefix_len;
-                            return Err(err(&table, Some("resources"), format!("vip prefix /{len} is longer than {max}")));
+                            return Err(err(
+                                &table,
+                                Some("resources"),
+                                format!("vip prefix /{len} is longer than {max}"),
+                            ));
                         }
                     }
-                    GroupResource::Service { exec, unit, .. } if exec.is_some() == unit.is_some() => {
-                        return Err(err(&table, Some("resources"), "a service needs exactly one of exec or unit".into()));
+                    GroupResource::Service { exec, unit, .. }
+                        if exec.is_some() == unit.is_some() =>
+                    {
+                        return Err(err(
+                            &table,
+                            Some("resources"),
+                            "a service needs exactly one of exec or unit".into(),
+                        ));
                     }
                     _ => {}
                 }
@@ -257,7 +333,10 @@ impl Config {
 
     /// The other node: its name and settings.
     pub fn peer_of(&self, node: &str) -> Option<(&str, &NodeConfig)> {
-        self.nodes.iter().find(|(n, _)| n.as_str() != node).map(|(n, c)| (n.as_str(), c))
+        self.nodes
+            .iter()
+            .find(|(n, _)| n.as_str() != node)
+            .map(|(n, c)| (n.as_str(), c))
     }
 
     /// Reads the shared secret, refusing a file others can read.
@@ -265,8 +344,10 @@ impl Config {
         use std::os::unix::fs::PermissionsExt;
         let path = &self.cluster.secret_file;
         let shown = path.display().to_string();
-        let meta = std::fs::metadata(path)
-            .map_err(|e| ConfigError::Secret { path: shown.clone(), message: e.to_string() })?;
+        let meta = std::fs::metadata(path).map_err(|e| ConfigError::Secret {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(ConfigError::Secret {
@@ -274,13 +355,18 @@ impl Config {
                 message: format!("mode {mode:04o}, must be 0600 (chmod 600 {shown})"),
             });
         }
-        let mut secret =
-            std::fs::read(path).map_err(|e| ConfigError::Secret { path: shown.clone(), message: e.to_string() })?;
+        let mut secret = std::fs::read(path).map_err(|e| ConfigError::Secret {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
         while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             secret.pop();
         }
         if secret.is_empty() {
-            return Err(ConfigError::Secret { path: shown, message: "the secret is empty".into() });
+            return Err(ConfigError::Secret {
+                path: shown,
+                message: "the secret is empty".into(),
+            });
         }
         Ok(secret)
     }

@@ -229,13 +229,19 @@ pub struct ResourceConfig {
     #[serde(default = "default_sb2")]
     pub after_sb_2pri: AfterSb2Pri,
     /// Keepalive ping interval on the replication link (default `"1s"`).
-    #[serde(default = "default_ping_interval", deserialize_with = "units::duration")]
+    #[serde(
+        default = "default_ping_interval",
+        deserialize_with = "units::duration"
+    )]
     pub ping_interval: Duration,
     /// The peer is gone after this long without a packet or a write ack (default `"4s"`).
     #[serde(default = "default_peer_timeout", deserialize_with = "units::duration")]
     pub peer_timeout: Duration,
     /// Pause between connection attempts (default `"1s"`).
-    #[serde(default = "default_connect_interval", deserialize_with = "units::duration")]
+    #[serde(
+        default = "default_connect_interval",
+        deserialize_with = "units::duration"
+    )]
     pub connect_interval: Duration,
     /// Activity-log size in 4 MiB extents (default 1024 = 4 GiB hot).
     #[serde(default = "default_al_extents")]
@@ -340,7 +346,9 @@ impl<'de> Deserialize<'de> for IpPrefix {
 
 /// Splits `"10.213.0.50/24"` into address and prefix length.
 pub fn split_prefix(s: &str) -> Result<(IpAddr, u8), String> {
-    let bad = || format!("invalid address {s:?}; expected an address with prefix such as \"10.213.0.50/24\"");
+    let bad = || {
+        format!("invalid address {s:?}; expected an address with prefix such as \"10.213.0.50/24\"")
+    };
     let (ip, len) = s.split_once('/').ok_or_else(bad)?;
     let ip: IpAddr = ip.parse().map_err(|_| bad())?;
     let len: u8 = len.parse().map_err(|_| bad())?;

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 /// Parses a duration such as `500ms`, `2s`, `1m 30s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?} ({e}); expected e.g. \"500ms\" or \"2s\""))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); expected e.g. \"500ms\" or \"2s\""))
 }
 
 /// Parses a byte size: a plain integer, or a number with a unit. `K`, `M`, `G`, `T`
@@ -15,7 +16,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bad = || format!("invalid size {s:?}; expected e.g. \"100MiB\", \"30M\" or a number of bytes");
+    let bad =
+        || format!("invalid size {s:?}; expected e.g. \"100MiB\", \"30M\" or a number of bytes");
     let n: u64 = num.parse().map_err(|_| bad())?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,

@@ -1,15 +1,23 @@
 //! The example config loads as written; every class of error names its line and key.
 
-use hablock_config::{AfterSb0Pri, AfterSb1Pri, Config, ConfigError, GroupResource, MetadataLocation};
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use hablock_config::{
+    AfterSb0Pri, AfterSb1Pri, Config, ConfigError, GroupResource, MetadataLocation,
+};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 fn example_text() -> String {
-    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/examples/hablock.toml");
+    let shared =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/examples/hablock.toml");
     let copy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/hablock.toml");
     let copy_text = std::fs::read_to_string(&copy).unwrap();
     if let Ok(text) = std::fs::read_to_string(&shared) {
-        assert_eq!(text, copy_text, "tests/data/hablock.toml must be a copy of shared/examples/hablock.toml");
+        assert_eq!(
+            text, copy_text,
+            "tests/data/hablock.toml must be a copy of shared/examples/hablock.toml"
+        );
     }
     copy_text
 }
@@ -28,20 +36,30 @@ fn the_example_is_accepted_as_written() {
     assert_eq!(cfg.heartbeat.keepalive.as_millis(), 500);
     let g = &cfg.groups["web"];
     assert_eq!(g.resources.len(), 4);
-    assert!(matches!(&g.resources[2], GroupResource::Vip { address, .. } if address.prefix_len == 24));
+    assert!(
+        matches!(&g.resources[2], GroupResource::Vip { address, .. } if address.prefix_len == 24)
+    );
     assert_eq!(cfg.peer_of("master").unwrap().0, "slave");
 }
 
 #[test]
 fn node_placeholder_is_expanded() {
-    let text = example_text().replace("backing = \"/dev/vdb\"", "backing = \"/var/tmp/lab/{node}.img\"");
+    let text = example_text().replace(
+        "backing = \"/dev/vdb\"",
+        "backing = \"/var/tmp/lab/{node}.img\"",
+    );
     let cfg = Config::parse_str(&text, "hablock.toml", "slave").unwrap();
-    assert_eq!(cfg.resources["r0"].backing, PathBuf::from("/var/tmp/lab/slave.img"));
+    assert_eq!(
+        cfg.resources["r0"].backing,
+        PathBuf::from("/var/tmp/lab/slave.img")
+    );
 }
 
 fn error_of(text: &str) -> (usize, String, String) {
     match Config::parse_str(text, "hablock.toml", "master") {
-        Err(ConfigError::Invalid { line, key, message, .. }) => (line, key, message),
+        Err(ConfigError::Invalid {
+            line, key, message, ..
+        }) => (line, key, message),
         other => panic!("expected an Invalid error, got {other:?}"),
     }
 }
@@ -57,13 +75,21 @@ fn unknown_key_names_line_and_key() {
     assert_eq!(line, line_containing(&text, "adress ="));
     assert!(key.contains("nodes.master"), "{key}");
     assert!(msg.contains("adress") && msg.contains("address"), "{msg}");
-    let full = Config::parse_str(&text, "hablock.toml", "master").unwrap_err().to_string();
-    assert!(full.starts_with(&format!("hablock.toml:{line}: ")), "{full}");
+    let full = Config::parse_str(&text, "hablock.toml", "master")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        full.starts_with(&format!("hablock.toml:{line}: ")),
+        "{full}"
+    );
 }
 
 #[test]
 fn bad_enum_value_lists_the_choices() {
-    let text = example_text().replace("after_sb_0pri = \"discard-zero-changes\"", "after_sb_0pri = \"merge\"");
+    let text = example_text().replace(
+        "after_sb_0pri = \"discard-zero-changes\"",
+        "after_sb_0pri = \"merge\"",
+    );
     let (line, key, msg) = error_of(&text);
     assert_eq!(line, line_containing(&text, "after_sb_0pri"));
     assert_eq!(key, "resources.r0.after_sb_0pri");
@@ -74,7 +100,10 @@ fn bad_enum_value_lists_the_choices() {
 fn bad_duration_size_type_and_missing_key() {
     let text = example_text().replace("keepalive = \"500ms\"", "keepalive = \"soon\"");
     let (line, key, msg) = error_of(&text);
-    assert_eq!((line, key.as_str()), (line_containing(&text, "keepalive"), "heartbeat.keepalive"));
+    assert_eq!(
+        (line, key.as_str()),
+        (line_containing(&text, "keepalive"), "heartbeat.keepalive")
+    );
     assert!(msg.contains("duration"), "{msg}");
     let text = example_text().replace("resync_rate = \"100MiB\"", "resync_rate = \"fast\"");
     let (line, _, msg) = error_of(&text);
@@ -82,7 +111,13 @@ fn bad_duration_size_type_and_missing_key() {
     assert!(msg.contains("size"), "{msg}");
     let text = example_text().replace("port = 7789", "port = \"seven\"");
     let (line, key, _) = error_of(&text);
-    assert_eq!((line, key.as_str()), (line_containing(&text, "port = \"seven\""), "resources.r0.port"));
+    assert_eq!(
+        (line, key.as_str()),
+        (
+            line_containing(&text, "port = \"seven\""),
+            "resources.r0.port"
+        )
+    );
     let text = example_text().replace("protocol = \"C\"", "protocol = \"A\"");
     assert_eq!(error_of(&text).1, "resources.r0.protocol");
     let text = example_text().replace("backing = \"/dev/vdb\"\n", "");
@@ -94,14 +129,22 @@ fn bad_duration_size_type_and_missing_key() {
 fn validation_errors_name_the_key() {
     let text = example_text().replace("deadtime = \"3s\"", "deadtime = \"100ms\"");
     let (line, key, msg) = error_of(&text);
-    assert_eq!((line, key.as_str()), (line_containing(&text, "deadtime"), "heartbeat.deadtime"));
+    assert_eq!(
+        (line, key.as_str()),
+        (line_containing(&text, "deadtime"), "heartbeat.deadtime")
+    );
     assert!(msg.contains("keepalive"), "{msg}");
     let text = example_text().replace("preferred = \"master\"", "preferred = \"third\"");
     assert_eq!(error_of(&text).1, "groups.web.preferred");
-    let text = example_text().replace("{ type = \"block\", resource = \"r0\" }", "{ type = \"block\", resource = \"r7\" }");
+    let text = example_text().replace(
+        "{ type = \"block\", resource = \"r0\" }",
+        "{ type = \"block\", resource = \"r7\" }",
+    );
     assert!(error_of(&text).2.contains("r7"));
     match Config::parse_str(&example_text(), "hablock.toml", "third") {
-        Err(e @ ConfigError::UnknownNode { .. }) => assert!(e.to_string().contains("master, slave")),
+        Err(e @ ConfigError::UnknownNode { .. }) => {
+            assert!(e.to_string().contains("master, slave"))
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -118,7 +161,10 @@ fn secret_file_modes() {
     for mode in [0o644, 0o640, 0o604] {
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap();
         let e = cfg.read_secret().unwrap_err().to_string();
-        assert!(e.contains(&format!("{mode:04o}")) && e.contains("0600"), "{e}");
+        assert!(
+            e.contains(&format!("{mode:04o}")) && e.contains("0600"),
+            "{e}"
+        );
     }
     std::fs::write(&secret, "\n").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();

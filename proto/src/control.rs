@@ -125,15 +125,27 @@ fn check(buf: &[u8]) -> Result<Option<(&[u8], usize)>, ControlError> {
 
 /// Decodes a request frame; `Ok(None)` when more bytes are needed.
 pub fn decode_request(buf: &[u8]) -> Result<Option<(Request, usize)>, ControlError> {
-    let Some((body, total)) = check(buf)? else { return Ok(None) };
+    let Some((body, total)) = check(buf)? else {
+        return Ok(None);
+    };
     match serde_json::from_slice::<Request>(body) {
         Ok(r) => Ok(Some((r, total))),
         Err(e) => {
             // Tell a newer client's command apart from garbage.
-            if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) {
+            if let Ok(serde_json::Value::Object(map)) =
+                serde_json::from_slice::<serde_json::Value>(body)
+            {
                 if let Some(serde_json::Value::String(cmd)) = map.get("cmd") {
-                    const KNOWN: [&str; 8] =
-                        ["status", "primary", "secondary", "connect", "disconnect", "verify", "invalidate", "events"];
+                    const KNOWN: [&str; 8] = [
+                        "status",
+                        "primary",
+                        "secondary",
+                        "connect",
+                        "disconnect",
+                        "verify",
+                        "invalidate",
+                        "events",
+                    ];
                     if !KNOWN.contains(&cmd.as_str()) {
                         return Err(ControlError::UnknownCommand(cmd.clone()));
                     }
@@ -146,7 +158,9 @@ pub fn decode_request(buf: &[u8]) -> Result<Option<(Request, usize)>, ControlErr
 
 /// Decodes a response frame; `Ok(None)` when more bytes are needed.
 pub fn decode_response(buf: &[u8]) -> Result<Option<(Response, usize)>, ControlError> {
-    let Some((body, total)) = check(buf)? else { return Ok(None) };
+    let Some((body, total)) = check(buf)? else {
+        return Ok(None);
+    };
     serde_json::from_slice::<Response>(body)
         .map(|r| Some((r, total)))
         .map_err(|e| ControlError::InvalidBody(e.to_string()))

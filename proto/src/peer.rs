@@ -305,7 +305,9 @@ pub enum FrameError {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum HandshakeError {
     /// The version ranges do not overlap.
-    #[error("no common protocol version (mine {mine_min}..={mine_max}, peer {peer_min}..={peer_max})")]
+    #[error(
+        "no common protocol version (mine {mine_min}..={mine_max}, peer {peer_min}..={peer_max})"
+    )]
     NoCommonVersion {
         /// My lowest.
         mine_min: u8,
@@ -411,7 +413,11 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&st.primary_since_ms.to_le_bytes());
             out.extend_from_slice(&st.dirty_bits.to_le_bytes());
         }
-        Message::BitmapChunk { first_word, words, last } => {
+        Message::BitmapChunk {
+            first_word,
+            words,
+            last,
+        } => {
             out.extend_from_slice(&first_word.to_le_bytes());
             out.push(u8::from(*last));
             out.extend_from_slice(&(words.len() as u32).to_le_bytes());
@@ -419,12 +425,20 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
                 out.extend_from_slice(&w.to_le_bytes());
             }
         }
-        Message::Data { offset, fua, payload } => {
+        Message::Data {
+            offset,
+            fua,
+            payload,
+        } => {
             out.extend_from_slice(&offset.to_le_bytes());
             out.push(u8::from(*fua));
             out.extend_from_slice(payload);
         }
-        Message::Trim { offset, len, zeroes } => {
+        Message::Trim {
+            offset,
+            len,
+            zeroes,
+        } => {
             out.extend_from_slice(&offset.to_le_bytes());
             out.extend_from_slice(&len.to_le_bytes());
             out.push(u8::from(*zeroes));
@@ -449,7 +463,9 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
                 out.extend_from_slice(&c.to_le_bytes());
             }
         }
-        Message::VerifyDone { out_of_sync_bytes } => out.extend_from_slice(&out_of_sync_bytes.to_le_bytes()),
+        Message::VerifyDone { out_of_sync_bytes } => {
+            out.extend_from_slice(&out_of_sync_bytes.to_le_bytes())
+        }
         Message::DataAck
         | Message::DataNack
         | Message::Flush
@@ -531,7 +547,10 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Decoded, usize)>, FrameError> {
     if crc32c::crc32c(payload) != le_u32(&h[20..24]) {
         return Ok(Some((Decoded::Corrupt { kind, id }, total)));
     }
-    let msg = decode_payload(kind, payload).map_err(|reason| FrameError::Malformed { kind: kind_name(kind), reason })?;
+    let msg = decode_payload(kind, payload).map_err(|reason| FrameError::Malformed {
+        kind: kind_name(kind),
+        reason,
+    })?;
     Ok(Some((Decoded::Frame(Frame { id, msg }), total)))
 }
 
@@ -585,7 +604,11 @@ impl<'a> Cursor<'a> {
         Ok(a)
     }
     fn uuids(&mut self) -> Field<Uuids> {
-        Ok(Uuids { current: self.u64()?, bitmap: self.u64()?, history: [self.u64()?, self.u64()?] })
+        Ok(Uuids {
+            current: self.u64()?,
+            bitmap: self.u64()?,
+            history: [self.u64()?, self.u64()?],
+        })
     }
     /// A `u32` count of `item`-byte elements, checked against what is left.
     fn count(&mut self, item: usize) -> Field<usize> {
@@ -621,7 +644,9 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Field<Message> {
             nonce: c.array32()?,
         }),
         2 => Message::Auth { mac: c.array32()? },
-        3 => Message::Refuse { reason: c.str(MAX_REASON)? },
+        3 => Message::Refuse {
+            reason: c.str(MAX_REASON)?,
+        },
         4 => Message::State(NodeState {
             role: Role::from_wire(c.u8()?).ok_or("unknown role")?,
             disk: DiskState::from_wire(c.u8()?).ok_or("unknown disk state")?,
@@ -639,22 +664,43 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Field<Message> {
             for _ in 0..n {
                 words.push(c.u64()?);
             }
-            Message::BitmapChunk { first_word, words, last }
+            Message::BitmapChunk {
+                first_word,
+                words,
+                last,
+            }
         }
-        16 => Message::Data { offset: c.u64()?, fua: c.bool()?, payload: c.rest() },
+        16 => Message::Data {
+            offset: c.u64()?,
+            fua: c.bool()?,
+            payload: c.rest(),
+        },
         17 => Message::DataAck,
         18 => Message::DataNack,
-        19 => Message::Trim { offset: c.u64()?, len: c.u64()?, zeroes: c.bool()? },
+        19 => Message::Trim {
+            offset: c.u64()?,
+            len: c.u64()?,
+            zeroes: c.bool()?,
+        },
         20 => Message::Flush,
         21 => Message::FlushAck,
         32 => Message::Ping,
         33 => Message::PingAck,
-        48 => Message::RsData { offset: c.u64()?, payload: c.rest() },
+        48 => Message::RsData {
+            offset: c.u64()?,
+            payload: c.rest(),
+        },
         49 => Message::RsAck,
         50 => Message::RsNack,
         51 => Message::ResyncDone { uuids: c.uuids()? },
-        52 => Message::OutOfSync { offset: c.u64()?, len: c.u64()? },
-        64 => Message::VerifyReq { offset: c.u64()?, len: c.u32()? },
+        52 => Message::OutOfSync {
+            offset: c.u64()?,
+            len: c.u64()?,
+        },
+        64 => Message::VerifyReq {
+            offset: c.u64()?,
+            len: c.u32()?,
+        },
         65 => {
             let offset = c.u64()?;
             let n = c.count(4)?;
@@ -665,7 +711,9 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Field<Message> {
             Message::VerifyReply { offset, checksums }
         }
         66 => Message::VerifyStart,
-        67 => Message::VerifyDone { out_of_sync_bytes: c.u64()? },
+        67 => Message::VerifyDone {
+            out_of_sync_bytes: c.u64()?,
+        },
         _ => return Err("unknown kind"),
     };
     c.end()?;
@@ -674,7 +722,12 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Field<Message> {
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn auth_hmac(secret: &[u8], challenge: &[u8; 32], resource: &str, responder_node: &str) -> HmacSha256 {
+fn auth_hmac(
+    secret: &[u8],
+    challenge: &[u8; 32],
+    resource: &str,
+    responder_node: &str,
+) -> HmacSha256 {
     // HMAC accepts keys of any length, so this cannot fail; fall back to an empty-key
     // MAC rather than panic (it would then simply never verify).
     let mut mac = match HmacSha256::new_from_slice(secret) {
@@ -692,13 +745,29 @@ fn auth_hmac(secret: &[u8], challenge: &[u8; 32], resource: &str, responder_node
 
 /// The answer to `challenge`, proving knowledge of `secret` (HMAC-SHA256, domain
 /// separated, binding the resource and the answering node's name).
-pub fn auth_mac(secret: &[u8], challenge: &[u8; 32], resource: &str, responder_node: &str) -> [u8; 32] {
-    auth_hmac(secret, challenge, resource, responder_node).finalize().into_bytes().into()
+pub fn auth_mac(
+    secret: &[u8],
+    challenge: &[u8; 32],
+    resource: &str,
+    responder_node: &str,
+) -> [u8; 32] {
+    auth_hmac(secret, challenge, resource, responder_node)
+        .finalize()
+        .into_bytes()
+        .into()
 }
 
 /// Checks an answer to `challenge` in constant time.
-pub fn verify_auth_mac(secret: &[u8], challenge: &[u8; 32], resource: &str, responder_node: &str, mac: &[u8; 32]) -> bool {
-    auth_hmac(secret, challenge, resource, responder_node).verify_slice(mac).is_ok()
+pub fn verify_auth_mac(
+    secret: &[u8],
+    challenge: &[u8; 32],
+    resource: &str,
+    responder_node: &str,
+    mac: &[u8; 32],
+) -> bool {
+    auth_hmac(secret, challenge, resource, responder_node)
+        .verify_slice(mac)
+        .is_ok()
 }
 
 /// The version and features both `Hello`s allow.

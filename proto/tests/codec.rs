@@ -1,15 +1,20 @@
 //! Golden byte vectors, round trips, corruption and truncation of both codecs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use hablock_proto::control::{self, ControlError, Request, Response};
 use hablock_proto::peer::{
-    auth_mac, decode, encode, kind_of, negotiate, verify_auth_mac, Decoded, Frame, FrameError, Hello, Message,
-    NodeState, HEADER_LEN, MAX_PAYLOAD,
+    auth_mac, decode, encode, kind_of, negotiate, verify_auth_mac, Decoded, Frame, FrameError,
+    Hello, Message, NodeState, HEADER_LEN, MAX_PAYLOAD,
 };
 use hablock_proto::types::{DiskState, Role, Uuids};
 use proptest::prelude::*;
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn enc(f: &Frame) -> Vec<u8> {
@@ -92,14 +97,25 @@ fn peer_golden_vectors() {
 
 #[test]
 fn control_golden_vectors() {
-    let req = Request::Primary { resource: "r0".into(), force: true };
+    let req = Request::Primary {
+        resource: "r0".into(),
+        force: true,
+    };
     let bytes = hex("48424331010000002e0000006243733a7b22636d64223a227072696d617279222c227265736f75726365223a227230222c22666f726365223a747275657d");
     assert_eq!(control::encode_request(&req), bytes);
-    assert_eq!(control::decode_request(&bytes).unwrap().unwrap(), (req, bytes.len()));
-    let resp = Response::Refused { message: "no".into() };
+    assert_eq!(
+        control::decode_request(&bytes).unwrap().unwrap(),
+        (req, bytes.len())
+    );
+    let resp = Response::Refused {
+        message: "no".into(),
+    };
     let bytes = hex("484243310100000022000000c8afa2717b227265706c79223a2272656675736564222c226d657373616765223a226e6f227d");
     assert_eq!(control::encode_response(&resp), bytes);
-    assert_eq!(control::decode_response(&bytes).unwrap().unwrap(), (resp, bytes.len()));
+    assert_eq!(
+        control::decode_response(&bytes).unwrap().unwrap(),
+        (resp, bytes.len())
+    );
 }
 
 fn frame_with_body(body: &[u8]) -> Vec<u8> {
@@ -116,34 +132,68 @@ fn frame_with_body(body: &[u8]) -> Vec<u8> {
 fn control_skips_unknown_fields_and_names_unknown_commands() {
     let f = frame_with_body(br#"{"cmd":"secondary","resource":"r0","since":"v2","extra":{"a":1}}"#);
     let (r, _) = control::decode_request(&f).unwrap().unwrap();
-    assert_eq!(r, Request::Secondary { resource: "r0".into() });
+    assert_eq!(
+        r,
+        Request::Secondary {
+            resource: "r0".into()
+        }
+    );
     let f = frame_with_body(br#"{"cmd":"teleport","resource":"r0"}"#);
-    assert_eq!(control::decode_request(&f), Err(ControlError::UnknownCommand("teleport".into())));
+    assert_eq!(
+        control::decode_request(&f),
+        Err(ControlError::UnknownCommand("teleport".into()))
+    );
     let f = frame_with_body(br#"{"cmd":"primary"}"#);
-    assert!(matches!(control::decode_request(&f), Err(ControlError::InvalidBody(_))));
+    assert!(matches!(
+        control::decode_request(&f),
+        Err(ControlError::InvalidBody(_))
+    ));
     let f = frame_with_body(br#"{"reply":"ok","warnings":[],"new_field":true}"#);
-    assert_eq!(control::decode_response(&f).unwrap().unwrap().0, Response::Ok { warnings: vec![] });
+    assert_eq!(
+        control::decode_response(&f).unwrap().unwrap().0,
+        Response::Ok { warnings: vec![] }
+    );
 }
 
 #[test]
 fn control_truncation_and_corruption() {
     let f = control::encode_request(&Request::Status { resource: None });
     for n in 0..f.len() {
-        assert_eq!(control::decode_request(&f[..n]).unwrap(), None, "prefix of {n} bytes");
+        assert_eq!(
+            control::decode_request(&f[..n]).unwrap(),
+            None,
+            "prefix of {n} bytes"
+        );
     }
     let mut bad = f.clone();
     let last = bad.len() - 1;
     bad[last] ^= 1;
-    assert_eq!(control::decode_request(&bad), Err(ControlError::BadChecksum));
-    assert_eq!(control::decode_request(b"GET / HTTP/1.0"), Err(ControlError::BadMagic));
+    assert_eq!(
+        control::decode_request(&bad),
+        Err(ControlError::BadChecksum)
+    );
+    assert_eq!(
+        control::decode_request(b"GET / HTTP/1.0"),
+        Err(ControlError::BadMagic)
+    );
     let mut huge = f.clone();
     huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-    assert!(matches!(control::decode_request(&huge), Err(ControlError::TooLarge(_))));
+    assert!(matches!(
+        control::decode_request(&huge),
+        Err(ControlError::TooLarge(_))
+    ));
 }
 
 #[test]
 fn payload_corruption_is_reported_with_kind_and_id() {
-    let f = Frame { id: 42, msg: Message::Data { offset: 0, fua: false, payload: vec![7; 4096] } };
+    let f = Frame {
+        id: 42,
+        msg: Message::Data {
+            offset: 0,
+            fua: false,
+            payload: vec![7; 4096],
+        },
+    };
     let mut b = enc(&f);
     b[HEADER_LEN + 100] ^= 0x40;
     let (d, used) = decode(&b).unwrap().unwrap();
@@ -153,7 +203,10 @@ fn payload_corruption_is_reported_with_kind_and_id() {
 
 #[test]
 fn header_errors() {
-    let f = enc(&Frame { id: 1, msg: Message::Ping });
+    let f = enc(&Frame {
+        id: 1,
+        msg: Message::Ping,
+    });
     let mut b = f.clone();
     b[0] = b'X';
     assert_eq!(decode(&b), Err(FrameError::BadMagic));
@@ -165,7 +218,10 @@ fn header_errors() {
     b[16..20].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
     let crc = crc32c::crc32c(&b[0..28]);
     b[28..32].copy_from_slice(&crc.to_le_bytes());
-    assert_eq!(decode(&b), Err(FrameError::PayloadTooLarge(MAX_PAYLOAD + 1)));
+    assert_eq!(
+        decode(&b),
+        Err(FrameError::PayloadTooLarge(MAX_PAYLOAD + 1))
+    );
     let mut b = f.clone();
     b[5] = 200;
     let crc = crc32c::crc32c(&b[0..28]);
@@ -181,57 +237,119 @@ fn authentication() {
     assert!(!verify_auth_mac(b"other", &c, "r0", "slave", &mac));
     assert!(!verify_auth_mac(b"secret", &[6; 32], "r0", "slave", &mac));
     assert!(!verify_auth_mac(b"secret", &c, "r1", "slave", &mac));
-    assert!(!verify_auth_mac(b"secret", &c, "r0", "master", &mac), "an answer cannot be reflected back");
+    assert!(
+        !verify_auth_mac(b"secret", &c, "r0", "master", &mac),
+        "an answer cannot be reflected back"
+    );
 }
 
 #[test]
 fn version_negotiation() {
-    let h = |min, max| Hello { min_version: min, max_version: max, features: 3, resource: "r".into(), node: "n".into(), nonce: [0; 32] };
+    let h = |min, max| Hello {
+        min_version: min,
+        max_version: max,
+        features: 3,
+        resource: "r".into(),
+        node: "n".into(),
+        nonce: [0; 32],
+    };
     assert_eq!(negotiate(&h(1, 3), &h(2, 5)).unwrap(), (3, 3));
     assert!(negotiate(&h(1, 1), &h(2, 2)).is_err());
 }
 
 fn arb_uuids() -> impl Strategy<Value = Uuids> {
-    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(c, b, h0, h1)| Uuids { current: c, bitmap: b, history: [h0, h1] })
+    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(c, b, h0, h1)| Uuids {
+        current: c,
+        bitmap: b,
+        history: [h0, h1],
+    })
 }
 
 fn arb_msg() -> impl Strategy<Value = Message> {
     let name = "[a-z0-9]{0,20}";
     prop_oneof![
-        (any::<u8>(), any::<u8>(), any::<u64>(), name, name, any::<[u8; 32]>()).prop_map(|(a, b, f, r, n, nonce)| {
-            Message::Hello(Hello { min_version: a, max_version: b, features: f, resource: r, node: n, nonce })
-        }),
+        (
+            any::<u8>(),
+            any::<u8>(),
+            any::<u64>(),
+            name,
+            name,
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(a, b, f, r, n, nonce)| {
+                Message::Hello(Hello {
+                    min_version: a,
+                    max_version: b,
+                    features: f,
+                    resource: r,
+                    node: n,
+                    nonce,
+                })
+            }),
         any::<[u8; 32]>().prop_map(|mac| Message::Auth { mac }),
         ".{0,100}".prop_map(|reason| Message::Refuse { reason }),
-        (0u8..3, 0u8..5, any::<u64>(), arb_uuids(), any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
-            |(r, d, u, uuids, flags, since, dirty)| Message::State(NodeState {
-                role: Role::from_wire(r).unwrap(),
-                disk: DiskState::from_wire(d).unwrap(),
-                usable_bytes: u,
-                uuids,
-                flags,
-                primary_since_ms: since,
-                dirty_bits: dirty,
-            })
-        ),
-        (any::<u64>(), proptest::collection::vec(any::<u64>(), 0..50), any::<bool>())
-            .prop_map(|(first_word, words, last)| Message::BitmapChunk { first_word, words, last }),
-        (any::<u64>(), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..600))
-            .prop_map(|(offset, fua, payload)| Message::Data { offset, fua, payload }),
+        (
+            0u8..3,
+            0u8..5,
+            any::<u64>(),
+            arb_uuids(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(r, d, u, uuids, flags, since, dirty)| Message::State(NodeState {
+                    role: Role::from_wire(r).unwrap(),
+                    disk: DiskState::from_wire(d).unwrap(),
+                    usable_bytes: u,
+                    uuids,
+                    flags,
+                    primary_since_ms: since,
+                    dirty_bits: dirty,
+                })
+            ),
+        (
+            any::<u64>(),
+            proptest::collection::vec(any::<u64>(), 0..50),
+            any::<bool>()
+        )
+            .prop_map(|(first_word, words, last)| Message::BitmapChunk {
+                first_word,
+                words,
+                last
+            }),
+        (
+            any::<u64>(),
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..600)
+        )
+            .prop_map(|(offset, fua, payload)| Message::Data {
+                offset,
+                fua,
+                payload
+            }),
         Just(Message::DataAck),
         Just(Message::DataNack),
-        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(offset, len, zeroes)| Message::Trim { offset, len, zeroes }),
+        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(offset, len, zeroes)| {
+            Message::Trim {
+                offset,
+                len,
+                zeroes,
+            }
+        }),
         Just(Message::Flush),
         Just(Message::FlushAck),
         Just(Message::Ping),
         Just(Message::PingAck),
-        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..600)).prop_map(|(offset, payload)| Message::RsData { offset, payload }),
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..600))
+            .prop_map(|(offset, payload)| Message::RsData { offset, payload }),
         Just(Message::RsAck),
         Just(Message::RsNack),
         arb_uuids().prop_map(|uuids| Message::ResyncDone { uuids }),
         (any::<u64>(), any::<u64>()).prop_map(|(offset, len)| Message::OutOfSync { offset, len }),
         (any::<u64>(), any::<u32>()).prop_map(|(offset, len)| Message::VerifyReq { offset, len }),
-        (any::<u64>(), proptest::collection::vec(any::<u32>(), 0..70)).prop_map(|(offset, checksums)| Message::VerifyReply { offset, checksums }),
+        (any::<u64>(), proptest::collection::vec(any::<u32>(), 0..70))
+            .prop_map(|(offset, checksums)| Message::VerifyReply { offset, checksums }),
         Just(Message::VerifyStart),
         any::<u64>().prop_map(|out_of_sync_bytes| Message::VerifyDone { out_of_sync_bytes }),
     ]
@@ -263,7 +381,7 @@ proptest! {
         let i = pos.index(b.len());
         b[i] ^= 1 << bit;
         match decode(&b) {
-            Ok(Some((Decoded::Frame(g), _))) => prop_assert!(g == f && i >= 6 && i < 8, "flip at {} gave {:?}", i, g),
+            Ok(Some((Decoded::Frame(g), _))) => prop_assert!(g == f && (6..8).contains(&i), "flip at {} gave {:?}", i, g),
             Ok(Some((Decoded::Corrupt { .. }, _))) => prop_assert!(i >= HEADER_LEN),
             Ok(None) | Err(_) => {}
         }

@@ -28,7 +28,10 @@ pub fn bin(name: &str) -> PathBuf {
         None => {
             let exe = std::env::current_exe().expect("current exe");
             // target/<profile>/deps/<test> -> target/<profile>
-            exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .to_path_buf()
         }
     };
     let p = dir.join(name);
@@ -49,7 +52,10 @@ pub fn require_tool(name: &str) {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok, "{name} is not installed: run scripts/setup (the test cannot run without it)");
+    assert!(
+        ok,
+        "{name} is not installed: run scripts/setup (the test cannot run without it)"
+    );
 }
 
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
@@ -117,7 +123,9 @@ fn idx(node: &str) -> usize {
 impl Pair {
     /// Writes the config, the secret and the backing files; starts nothing.
     pub fn new(opts: PairOptions) -> Result<Pair> {
-        let dir = tempfile::Builder::new().prefix("hablock-test-").tempdir_in("/var/tmp")?;
+        let dir = tempfile::Builder::new()
+            .prefix("hablock-test-")
+            .tempdir_in("/var/tmp")?;
         let port = free_port();
         let secret = dir.path().join("secret");
         fs::write(&secret, format!("test-secret-{}\n", port))?;
@@ -171,7 +179,12 @@ peer_timeout = "2s"
             extra = opts.extra,
         );
         fs::write(&config, text)?;
-        Ok(Pair { dir, config, port, procs: [None, None] })
+        Ok(Pair {
+            dir,
+            config,
+            port,
+            procs: [None, None],
+        })
     }
 
     /// A pair with metadata created on both nodes, both daemons started and connected.
@@ -191,8 +204,12 @@ peer_timeout = "2s"
     pub fn synced(opts: PairOptions) -> Result<Pair> {
         let p = Pair::started(opts)?;
         p.blockctl_ok(NODES[0], &["primary", "--force", "r0"])?;
-        p.wait_for(NODES[0], "initial sync", |s| s["connection"] == "Connected" && s["peer_disk"] == "UpToDate")?;
-        p.wait_for(NODES[1], "initial sync on the peer", |s| s["disk"] == "UpToDate")?;
+        p.wait_for(NODES[0], "initial sync", |s| {
+            s["connection"] == "Connected" && s["peer_disk"] == "UpToDate"
+        })?;
+        p.wait_for(NODES[1], "initial sync on the peer", |s| {
+            s["disk"] == "UpToDate"
+        })?;
         Ok(p)
     }
 
@@ -203,7 +220,10 @@ peer_timeout = "2s"
 
     /// The NBD URI of a node's export.
     pub fn nbd_uri(&self, node: &str) -> String {
-        format!("nbd+unix:///r0?socket={}/r0.nbd", self.run_dir(node).display())
+        format!(
+            "nbd+unix:///r0?socket={}/r0.nbd",
+            self.run_dir(node).display()
+        )
     }
 
     /// A node's backing file.
@@ -218,7 +238,10 @@ peer_timeout = "2s"
 
     /// Starts a node's blockd and waits for its control socket.
     pub fn start(&mut self, node: &str) -> Result<()> {
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.log(node))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(node))?;
         let child = Command::new(bin("blockd"))
             .arg("--config")
             .arg(&self.config)
@@ -258,7 +281,10 @@ peer_timeout = "2s"
     /// Stops a node's blockd with SIGTERM and waits for it.
     pub fn stop(&mut self, node: &str) -> Result<()> {
         if let Some(mut c) = self.procs[idx(node)].take() {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )?;
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if c.try_wait()?.is_some() {
@@ -349,7 +375,12 @@ pub fn run_ok(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
-        bail!("{cmd:?} failed ({}): {}{}", out.status, stdout, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(stdout)
 }

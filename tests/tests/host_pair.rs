@@ -1,6 +1,8 @@
 //! End-to-end tests of a blockd pair on this host: real daemons, real backing files,
 //! real NBD clients, SIGKILL at arbitrary instants.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use hablock_tests::{qemu_io, require_tool, run_ok, Pair, PairOptions, NODES};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,7 +19,10 @@ fn seed_test_1_switchover_keeps_the_data() {
     // The secondary has no export.
     assert!(qemu_io(&p.nbd_uri(SLAVE), &["read 0 4k"]).is_err());
     p.blockctl_ok(MASTER, &["secondary", "r0"]).unwrap();
-    assert!(p.status(MASTER).unwrap()["devices"].as_array().unwrap().is_empty());
+    assert!(p.status(MASTER).unwrap()["devices"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     p.blockctl_ok(SLAVE, &["primary", "r0"]).unwrap();
     let s = p.status(SLAVE).unwrap();
     assert_eq!(s["role"], "Primary");
@@ -30,7 +35,10 @@ fn seed_test_1_switchover_keeps_the_data() {
     qemu_io(&p.nbd_uri(MASTER), &["read -P 0 0 4M"]).unwrap();
     // Both backing files agree on the data area.
     p.blockctl_ok(MASTER, &["verify", "--wait", "r0"]).unwrap();
-    assert_eq!(p.status(MASTER).unwrap()["last_verify"]["out_of_sync_bytes"], 0);
+    assert_eq!(
+        p.status(MASTER).unwrap()["last_verify"]["out_of_sync_bytes"],
+        0
+    );
 }
 
 #[test]
@@ -48,7 +56,11 @@ fn primary_refused_while_peer_is_primary_and_secondary_refused_while_in_use() {
     std::thread::sleep(Duration::from_millis(800));
     let out = p.blockctl(MASTER, &["secondary", "r0"]).unwrap();
     let _ = client.wait();
-    assert_eq!(out.status.code(), Some(1), "demotion must be refused while a client is connected");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "demotion must be refused while a client is connected"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
     p.blockctl_ok(MASTER, &["secondary", "r0"]).unwrap();
 }
@@ -78,54 +90,119 @@ fn fio_job(uri: &str, size: &str, extra: &[&str]) -> Command {
 /// and a final verify finds both copies identical.
 #[test]
 fn secondary_killed_mid_fio_resyncs_only_the_written_blocks() {
-    let mut p = Pair::synced(PairOptions { size_bytes: 256 << 20, ..Default::default() }).unwrap();
+    let mut p = Pair::synced(PairOptions {
+        size_bytes: 256 << 20,
+        ..Default::default()
+    })
+    .unwrap();
     // The master's counter (the slave's restarts with its process).
-    let resynced_before = p.status(MASTER).unwrap()["resynced_bytes"].as_u64().unwrap();
-    let mut fio = fio_job(&p.nbd_uri(MASTER), "64M", &["--do_verify=1", "--time_based=0"]);
+    let resynced_before = p.status(MASTER).unwrap()["resynced_bytes"]
+        .as_u64()
+        .unwrap();
+    let mut fio = fio_job(
+        &p.nbd_uri(MASTER),
+        "64M",
+        &["--do_verify=1", "--time_based=0"],
+    );
     fio.current_dir(p.dir.path());
-    let child = fio.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = fio
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     p.kill9(SLAVE);
     std::thread::sleep(Duration::from_millis(1500));
     p.start(SLAVE).unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "fio failed: {text}");
     assert!(!text.contains("verify: bad"), "{text}");
-    let s = p.wait_for(MASTER, "resync done", |s| s["connection"] == "Connected" && s["peer_disk"] == "UpToDate").unwrap();
+    let s = p
+        .wait_for(MASTER, "resync done", |s| {
+            s["connection"] == "Connected" && s["peer_disk"] == "UpToDate"
+        })
+        .unwrap();
     let resynced = s["resynced_bytes"].as_u64().unwrap() - resynced_before;
     let size = s["size_bytes"].as_u64().unwrap();
     eprintln!("resynced after the secondary's crash: {resynced} bytes of {size}");
-    assert!(resynced > 0, "something was written while the secondary was down");
-    assert!(resynced <= 64 << 20, "resync must cover about the written amount, not the device: {resynced}");
+    assert!(
+        resynced > 0,
+        "something was written while the secondary was down"
+    );
+    assert!(
+        resynced <= 64 << 20,
+        "resync must cover about the written amount, not the device: {resynced}"
+    );
     p.blockctl_ok(MASTER, &["verify", "--wait", "r0"]).unwrap();
-    assert_eq!(p.status(MASTER).unwrap()["last_verify"]["out_of_sync_bytes"], 0);
+    assert_eq!(
+        p.status(MASTER).unwrap()["last_verify"]["out_of_sync_bytes"],
+        0
+    );
 }
 
 /// The Primary's blockd is SIGKILLed in the middle of fio; the peer is promoted; fio's
 /// verify pass, with the state the first run saved, finds every acknowledged write.
 #[test]
 fn primary_killed_mid_fio_peer_has_every_acknowledged_write() {
-    let mut p = Pair::synced(PairOptions { size_bytes: 256 << 20, ..Default::default() }).unwrap();
-    let mut fio = fio_job(&p.nbd_uri(MASTER), "128M", &["--do_verify=0", "--verify_state_save=1"]);
+    let mut p = Pair::synced(PairOptions {
+        size_bytes: 256 << 20,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut fio = fio_job(
+        &p.nbd_uri(MASTER),
+        "128M",
+        &["--do_verify=0", "--verify_state_save=1"],
+    );
     fio.current_dir(p.dir.path());
     let log = std::fs::File::create(p.dir.path().join("fio.log")).unwrap();
-    let mut child = fio.stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+    let mut child = fio
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(2000));
     p.kill9(MASTER);
     let status = child.wait().unwrap();
-    let out = std::process::Output { status, stdout: Vec::new(), stderr: Vec::new() };
+    let out = std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
     let text = hablock_tests::head(&p.dir.path().join("fio.log"), 4000);
-    assert!(!out.status.success(), "fio should have seen its server die: {text}");
+    assert!(
+        !out.status.success(),
+        "fio should have seen its server die: {text}"
+    );
     let state = p.dir.path().join("local-hablock-0-verify.state");
-    let files: Vec<_> = std::fs::read_dir(p.dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert!(state.exists(), "fio saved no verify state ({files:?}): {text}");
+    let files: Vec<_> = std::fs::read_dir(p.dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        state.exists(),
+        "fio saved no verify state ({files:?}): {text}"
+    );
     eprintln!("fio stopped; waiting for the slave to notice");
-    p.wait_for(SLAVE, "peer loss noticed", |s| s["connection"] == "Connecting").unwrap();
+    p.wait_for(SLAVE, "peer loss noticed", |s| {
+        s["connection"] == "Connecting"
+    })
+    .unwrap();
     let refused = p.blockctl(SLAVE, &["primary", "r0"]).unwrap();
-    assert_eq!(refused.status.code(), Some(1), "plain promotion with the peer unknown must be refused");
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "plain promotion with the peer unknown must be refused"
+    );
     p.blockctl_ok(SLAVE, &["primary", "--force", "r0"]).unwrap();
-    let mut verify = fio_job(&p.nbd_uri(SLAVE), "128M", &["--verify_only", "--verify_state_load=1"]);
+    let mut verify = fio_job(
+        &p.nbd_uri(SLAVE),
+        "128M",
+        &["--verify_only", "--verify_state_load=1"],
+    );
     verify.current_dir(p.dir.path());
     eprintln!("promoted; verifying");
     let v = run_ok(&mut verify).unwrap();
@@ -134,18 +211,29 @@ fn primary_killed_mid_fio_peer_has_every_acknowledged_write() {
     assert!(!v.contains("verify: bad"), "{v}");
     // The old primary comes back as a resync target and converges.
     p.start(MASTER).unwrap();
-    p.wait_for(SLAVE, "old primary resynced", |s| s["connection"] == "Connected" && s["peer_disk"] == "UpToDate")
-        .unwrap();
+    p.wait_for(SLAVE, "old primary resynced", |s| {
+        s["connection"] == "Connected" && s["peer_disk"] == "UpToDate"
+    })
+    .unwrap();
     let m = p.status(MASTER).unwrap();
     assert_eq!(m["role"], "Secondary");
     assert_eq!(m["disk"], "UpToDate");
     p.blockctl_ok(SLAVE, &["verify", "--wait", "r0"]).unwrap();
-    assert_eq!(p.status(SLAVE).unwrap()["last_verify"]["out_of_sync_bytes"], 0);
+    assert_eq!(
+        p.status(SLAVE).unwrap()["last_verify"]["out_of_sync_bytes"],
+        0
+    );
 }
 
 /// Runs a split brain: both nodes write while disconnected, then reconnect with both
 /// Secondary (or `keep_primary` Primary). Returns the pair after reconnection.
-fn split_brain(p0: &str, p1: &str, master_writes: &[&str], slave_writes: &[&str], keep_primary: Option<&str>) -> Pair {
+fn split_brain(
+    p0: &str,
+    p1: &str,
+    master_writes: &[&str],
+    slave_writes: &[&str],
+    keep_primary: Option<&str>,
+) -> Pair {
     let p = Pair::synced(PairOptions {
         size_bytes: 16 << 20,
         after_sb_0pri: p0.into(),
@@ -187,15 +275,27 @@ fn read_as_primary(p: &Pair, node: &str, pattern: &str) {
 
 #[test]
 fn split_brain_disconnect_is_detected_and_resolved_by_discard_my_data() {
-    let p = split_brain("disconnect", "disconnect", &["write -P 1 0 64k"], &["write -P 2 1M 64k"], None);
+    let p = split_brain(
+        "disconnect",
+        "disconnect",
+        &["write -P 1 0 64k"],
+        &["write -P 2 1M 64k"],
+        None,
+    );
     for n in NODES {
-        let s = p.wait_for(n, "split brain", |s| s["split_brain"] == true).unwrap();
+        let s = p
+            .wait_for(n, "split brain", |s| s["split_brain"] == true)
+            .unwrap();
         assert_eq!(s["connection"], "StandAlone");
     }
     // Nothing was merged: each keeps its own data.
-    p.blockctl_ok(SLAVE, &["connect", "--discard-my-data", "r0"]).unwrap();
+    p.blockctl_ok(SLAVE, &["connect", "--discard-my-data", "r0"])
+        .unwrap();
     p.blockctl_ok(MASTER, &["connect", "r0"]).unwrap();
-    p.wait_for(SLAVE, "victim resynced", |s| s["connection"] == "Connected" && s["disk"] == "UpToDate").unwrap();
+    p.wait_for(SLAVE, "victim resynced", |s| {
+        s["connection"] == "Connected" && s["disk"] == "UpToDate"
+    })
+    .unwrap();
     assert_eq!(p.status(MASTER).unwrap()["split_brain"], false);
     read_as_primary(&p, SLAVE, "read -P 1 0 64k");
     qemu_io(&p.nbd_uri(SLAVE), &["read -P 0 1M 64k"]).unwrap();
@@ -203,23 +303,50 @@ fn split_brain_disconnect_is_detected_and_resolved_by_discard_my_data() {
 
 #[test]
 fn split_brain_discard_zero_changes() {
-    let p = split_brain("discard-zero-changes", "disconnect", &["write -P 3 0 64k"], &[], None);
-    p.wait_for(MASTER, "auto recovery", |s| s["connection"] == "Connected" && s["peer_disk"] == "UpToDate").unwrap();
+    let p = split_brain(
+        "discard-zero-changes",
+        "disconnect",
+        &["write -P 3 0 64k"],
+        &[],
+        None,
+    );
+    p.wait_for(MASTER, "auto recovery", |s| {
+        s["connection"] == "Connected" && s["peer_disk"] == "UpToDate"
+    })
+    .unwrap();
     read_as_primary(&p, SLAVE, "read -P 3 0 64k");
 }
 
 #[test]
 fn split_brain_discard_zero_changes_with_changes_on_both_disconnects() {
-    let p = split_brain("discard-zero-changes", "disconnect", &["write -P 3 0 64k"], &["write -P 4 0 64k"], None);
+    let p = split_brain(
+        "discard-zero-changes",
+        "disconnect",
+        &["write -P 3 0 64k"],
+        &["write -P 4 0 64k"],
+        None,
+    );
     for n in NODES {
-        p.wait_for(n, "split brain", |s| s["split_brain"] == true && s["connection"] == "StandAlone").unwrap();
+        p.wait_for(n, "split brain", |s| {
+            s["split_brain"] == true && s["connection"] == "StandAlone"
+        })
+        .unwrap();
     }
 }
 
 #[test]
 fn split_brain_discard_least_changes() {
-    let p = split_brain("discard-least-changes", "disconnect", &["write -P 5 0 64k"], &["write -P 6 1M 1M"], None);
-    p.wait_for(SLAVE, "auto recovery", |s| s["connection"] == "Connected" && s["peer_disk"] == "UpToDate").unwrap();
+    let p = split_brain(
+        "discard-least-changes",
+        "disconnect",
+        &["write -P 5 0 64k"],
+        &["write -P 6 1M 1M"],
+        None,
+    );
+    p.wait_for(SLAVE, "auto recovery", |s| {
+        s["connection"] == "Connected" && s["peer_disk"] == "UpToDate"
+    })
+    .unwrap();
     read_as_primary(&p, MASTER, "read -P 6 1M 1M");
     qemu_io(&p.nbd_uri(MASTER), &["read -P 0 0 64k"]).unwrap();
 }
@@ -227,24 +354,51 @@ fn split_brain_discard_least_changes() {
 #[test]
 fn split_brain_discard_younger_primary() {
     // The slave was promoted last: its changes go.
-    let p = split_brain("discard-younger-primary", "disconnect", &["write -P 7 0 64k"], &["write -P 8 1M 64k"], None);
-    p.wait_for(MASTER, "auto recovery", |s| s["connection"] == "Connected" && s["peer_disk"] == "UpToDate").unwrap();
+    let p = split_brain(
+        "discard-younger-primary",
+        "disconnect",
+        &["write -P 7 0 64k"],
+        &["write -P 8 1M 64k"],
+        None,
+    );
+    p.wait_for(MASTER, "auto recovery", |s| {
+        s["connection"] == "Connected" && s["peer_disk"] == "UpToDate"
+    })
+    .unwrap();
     read_as_primary(&p, SLAVE, "read -P 7 0 64k");
     qemu_io(&p.nbd_uri(SLAVE), &["read -P 0 1M 64k"]).unwrap();
 }
 
 #[test]
 fn split_brain_discard_older_primary() {
-    let p = split_brain("discard-older-primary", "disconnect", &["write -P 7 0 64k"], &["write -P 8 1M 64k"], None);
-    p.wait_for(SLAVE, "auto recovery", |s| s["connection"] == "Connected" && s["peer_disk"] == "UpToDate").unwrap();
+    let p = split_brain(
+        "discard-older-primary",
+        "disconnect",
+        &["write -P 7 0 64k"],
+        &["write -P 8 1M 64k"],
+        None,
+    );
+    p.wait_for(SLAVE, "auto recovery", |s| {
+        s["connection"] == "Connected" && s["peer_disk"] == "UpToDate"
+    })
+    .unwrap();
     read_as_primary(&p, MASTER, "read -P 8 1M 64k");
     qemu_io(&p.nbd_uri(MASTER), &["read -P 0 0 64k"]).unwrap();
 }
 
 #[test]
 fn split_brain_one_primary_discard_secondary() {
-    let p = split_brain("disconnect", "discard-secondary", &["write -P 9 0 64k"], &["write -P 10 1M 64k"], Some(SLAVE));
-    p.wait_for(SLAVE, "auto recovery", |s| s["connection"] == "Connected" && s["peer_disk"] == "UpToDate").unwrap();
+    let p = split_brain(
+        "disconnect",
+        "discard-secondary",
+        &["write -P 9 0 64k"],
+        &["write -P 10 1M 64k"],
+        Some(SLAVE),
+    );
+    p.wait_for(SLAVE, "auto recovery", |s| {
+        s["connection"] == "Connected" && s["peer_disk"] == "UpToDate"
+    })
+    .unwrap();
     assert_eq!(p.status(SLAVE).unwrap()["role"], "Primary");
     qemu_io(&p.nbd_uri(SLAVE), &["read -P 10 1M 64k", "read -P 0 0 64k"]).unwrap();
     read_as_primary(&p, MASTER, "read -P 0 0 64k");
@@ -253,12 +407,30 @@ fn split_brain_one_primary_discard_secondary() {
 #[test]
 fn split_brain_one_primary_consensus() {
     // 0pri verdict (zero changes) discards the unchanged Secondary: consensus agrees.
-    let p = split_brain("discard-zero-changes", "consensus", &[], &["write -P 11 1M 64k"], Some(SLAVE));
-    p.wait_for(SLAVE, "auto recovery", |s| s["connection"] == "Connected" && s["peer_disk"] == "UpToDate").unwrap();
+    let p = split_brain(
+        "discard-zero-changes",
+        "consensus",
+        &[],
+        &["write -P 11 1M 64k"],
+        Some(SLAVE),
+    );
+    p.wait_for(SLAVE, "auto recovery", |s| {
+        s["connection"] == "Connected" && s["peer_disk"] == "UpToDate"
+    })
+    .unwrap();
     // Both changed: the 0pri verdict is "disconnect", so consensus disconnects.
-    let p = split_brain("discard-zero-changes", "consensus", &["write -P 12 0 64k"], &["write -P 13 1M 64k"], Some(SLAVE));
+    let p = split_brain(
+        "discard-zero-changes",
+        "consensus",
+        &["write -P 12 0 64k"],
+        &["write -P 13 1M 64k"],
+        Some(SLAVE),
+    );
     for n in NODES {
-        p.wait_for(n, "split brain", |s| s["split_brain"] == true && s["connection"] == "StandAlone").unwrap();
+        p.wait_for(n, "split brain", |s| {
+            s["split_brain"] == true && s["connection"] == "StandAlone"
+        })
+        .unwrap();
     }
 }
 
@@ -281,7 +453,9 @@ fn split_brain_two_primaries_disconnect() {
         p.blockctl_ok(n, &["connect", "r0"]).unwrap();
     }
     for n in NODES {
-        let s = p.wait_for(n, "split brain", |s| s["split_brain"] == true).unwrap();
+        let s = p
+            .wait_for(n, "split brain", |s| s["split_brain"] == true)
+            .unwrap();
         assert_eq!(s["connection"], "StandAlone");
         assert_eq!(s["role"], "Primary");
     }
@@ -291,12 +465,18 @@ fn split_brain_two_primaries_disconnect() {
 
 #[test]
 fn invalidate_forces_a_full_resync_from_the_peer() {
-    let p = Pair::synced(PairOptions { size_bytes: 16 << 20, ..Default::default() }).unwrap();
+    let p = Pair::synced(PairOptions {
+        size_bytes: 16 << 20,
+        ..Default::default()
+    })
+    .unwrap();
     let before = p.status(SLAVE).unwrap()["resynced_bytes"].as_u64().unwrap();
     p.blockctl_ok(SLAVE, &["invalidate", "r0"]).unwrap();
     let s = p
         .wait_for(SLAVE, "full resync", |s| {
-            s["disk"] == "UpToDate" && s["connection"] == "Connected" && s["resynced_bytes"].as_u64().unwrap() > before
+            s["disk"] == "UpToDate"
+                && s["connection"] == "Connected"
+                && s["resynced_bytes"].as_u64().unwrap() > before
         })
         .unwrap();
     let size = s["size_bytes"].as_u64().unwrap();
@@ -305,8 +485,12 @@ fn invalidate_forces_a_full_resync_from_the_peer() {
 
 #[test]
 fn status_shows_resync_progress_and_events_stream_changes() {
-    let p = Pair::started(PairOptions { size_bytes: 64 << 20, resync_rate: "16MiB".into(), ..Default::default() })
-        .unwrap();
+    let p = Pair::started(PairOptions {
+        size_bytes: 64 << 20,
+        resync_rate: "16MiB".into(),
+        ..Default::default()
+    })
+    .unwrap();
     let mut events = Command::new(hablock_tests::bin("blockctl"))
         .arg("--config")
         .arg(&p.config)
@@ -317,32 +501,62 @@ fn status_shows_resync_progress_and_events_stream_changes() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    p.blockctl_ok(MASTER, &["primary", "--force", "r0"]).unwrap();
-    let s = p.wait_for(MASTER, "resync running", |s| s["connection"] == "SyncSource").unwrap();
+    p.blockctl_ok(MASTER, &["primary", "--force", "r0"])
+        .unwrap();
+    let s = p
+        .wait_for(MASTER, "resync running", |s| {
+            s["connection"] == "SyncSource"
+        })
+        .unwrap();
     assert_eq!(s["peer_disk"], "Inconsistent");
-    let s = p.wait_for(MASTER, "progress", |s| s["sync_progress"].as_f64().is_some_and(|x| x > 0.05)).unwrap();
+    let s = p
+        .wait_for(MASTER, "progress", |s| {
+            s["sync_progress"].as_f64().is_some_and(|x| x > 0.05)
+        })
+        .unwrap();
     assert!(s["sync_rate_bps"].as_u64().is_some(), "{s}");
     let human = p.blockctl_ok(MASTER, &["status"]).unwrap();
     assert!(human.contains("SyncSource"), "{human}");
-    p.wait_for(MASTER, "sync done", |s| s["peer_disk"] == "UpToDate").unwrap();
+    p.wait_for(MASTER, "sync done", |s| s["peer_disk"] == "UpToDate")
+        .unwrap();
     let _ = events.kill();
     let out = events.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let kinds: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    assert!(kinds.iter().any(|e| e["kind"] == "role" && e["new"] == "Primary"), "{text}");
-    assert!(kinds.iter().any(|e| e["kind"] == "resync-started"), "{text}");
-    assert!(kinds.iter().any(|e| e["kind"] == "resync-finished"), "{text}");
+    let kinds: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        kinds
+            .iter()
+            .any(|e| e["kind"] == "role" && e["new"] == "Primary"),
+        "{text}"
+    );
+    assert!(
+        kinds.iter().any(|e| e["kind"] == "resync-started"),
+        "{text}"
+    );
+    assert!(
+        kinds.iter().any(|e| e["kind"] == "resync-finished"),
+        "{text}"
+    );
 }
 
 #[test]
 fn sigterm_is_a_clean_stop_and_restart_needs_no_resync() {
-    let mut p = Pair::synced(PairOptions { size_bytes: 16 << 20, ..Default::default() }).unwrap();
+    let mut p = Pair::synced(PairOptions {
+        size_bytes: 16 << 20,
+        ..Default::default()
+    })
+    .unwrap();
     qemu_io(&p.nbd_uri(MASTER), &["write -P 4 0 1M"]).unwrap();
     p.blockctl_ok(MASTER, &["secondary", "r0"]).unwrap();
     let before = p.status(SLAVE).unwrap()["resynced_bytes"].as_u64().unwrap();
     p.stop(SLAVE).unwrap();
     p.start(SLAVE).unwrap();
-    let s = p.wait_for(SLAVE, "reconnected", |s| s["connection"] == "Connected").unwrap();
+    let s = p
+        .wait_for(SLAVE, "reconnected", |s| s["connection"] == "Connected")
+        .unwrap();
     assert_eq!(s["disk"], "UpToDate");
     assert_eq!(s["resynced_bytes"].as_u64().unwrap(), 0);
     let _ = before;

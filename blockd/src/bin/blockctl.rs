@@ -93,11 +93,17 @@ struct Failure {
 }
 
 fn refused(message: impl Into<String>) -> Failure {
-    Failure { code: 1, message: message.into() }
+    Failure {
+        code: 1,
+        message: message.into(),
+    }
 }
 
 fn usage(message: impl Into<String>) -> Failure {
-    Failure { code: 2, message: message.into() }
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
 }
 
 impl From<ClientError> for Failure {
@@ -128,7 +134,13 @@ fn run(args: Args) -> Result<(), Failure> {
         Cmd::Status { resource, json } => status(&sock, resource, json),
         Cmd::Primary { resource, force } => simple(Request::Primary { resource, force }),
         Cmd::Secondary { resource } => simple(Request::Secondary { resource }),
-        Cmd::Connect { resource, discard_my_data } => simple(Request::Connect { resource, discard_my_data }),
+        Cmd::Connect {
+            resource,
+            discard_my_data,
+        } => simple(Request::Connect {
+            resource,
+            discard_my_data,
+        }),
         Cmd::Disconnect { resource } => simple(Request::Disconnect { resource }),
         Cmd::Invalidate { resource } => simple(Request::Invalidate { resource }),
         Cmd::Verify { resource, wait } => verify(&sock, resource, wait),
@@ -152,20 +164,31 @@ fn expect_ok(r: Response) -> Result<(), Failure> {
 
 fn create_md(common: &CommonOptions, resource: &str, force: bool) -> Result<(), Failure> {
     let node = common.node().map_err(|e| usage(format!("{e:#}")))?;
-    let cfg = hablock_config::Config::load(&common.config, &node).map_err(|e| usage(e.to_string()))?;
+    let cfg =
+        hablock_config::Config::load(&common.config, &node).map_err(|e| usage(e.to_string()))?;
     let Some(r) = cfg.resources.get(resource) else {
         let known: Vec<&str> = cfg.resources.keys().map(String::as_str).collect();
-        return Err(usage(format!("no resource {resource:?} in {} (known: {})", common.config.display(), known.join(", "))));
+        return Err(usage(format!(
+            "no resource {resource:?} in {} (known: {})",
+            common.config.display(),
+            known.join(", ")
+        )));
     };
     // Never write metadata under a running blockd.
     if let Ok(mut c) = Client::connect(&control_socket(&common.run_dir)) {
-        if let Ok(Response::Status(st)) = c.call(&Request::Status { resource: Some(resource.to_string()) }) {
+        if let Ok(Response::Status(st)) = c.call(&Request::Status {
+            resource: Some(resource.to_string()),
+        }) {
             if !st.resources.is_empty() {
-                return Err(refused(format!("blockd is serving {resource}; stop it before create-md")));
+                return Err(refused(format!(
+                    "blockd is serving {resource}; stop it before create-md"
+                )));
             }
         }
     }
-    let report = blockd::md::create_md(&r.backing, &blockd::daemon::md_location(r), resource, force).map_err(|e| refused(e.to_string()))?;
+    let report =
+        blockd::md::create_md(&r.backing, &blockd::daemon::md_location(r), resource, force)
+            .map_err(|e| refused(e.to_string()))?;
     println!(
         "{resource}: metadata written ({}); usable size {} bytes ({}), metadata {} bytes",
         report.location,
@@ -176,7 +199,10 @@ fn create_md(common: &CommonOptions, resource: &str, force: bool) -> Result<(), 
     Ok(())
 }
 
-fn fetch_status(sock: &std::path::Path, resource: Option<String>) -> Result<Vec<ResourceStatus>, Failure> {
+fn fetch_status(
+    sock: &std::path::Path,
+    resource: Option<String>,
+) -> Result<Vec<ResourceStatus>, Failure> {
     let mut c = Client::connect(sock)?;
     match c.call(&Request::Status { resource })? {
         Response::Status(st) => Ok(st.resources),
@@ -232,7 +258,11 @@ fn render_status(r: &ResourceStatus) -> String {
         s += "\n";
     }
     if let Some(v) = &r.last_verify {
-        s += &format!("    last verify: {} out of sync of {}\n", human_bytes(v.out_of_sync_bytes), human_bytes(v.checked_bytes));
+        s += &format!(
+            "    last verify: {} out of sync of {}\n",
+            human_bytes(v.out_of_sync_bytes),
+            human_bytes(v.checked_bytes)
+        );
     }
     if let Some(why) = &r.standalone_reason {
         s += &format!("    standalone: {why}\n");
@@ -264,7 +294,9 @@ fn verify(sock: &std::path::Path, resource: String, wait: bool) -> Result<(), Fa
         .next()
         .and_then(|r| r.last_verify);
     let mut c = Client::connect(sock)?;
-    expect_ok(c.call(&Request::Verify { resource: resource.clone() })?)?;
+    expect_ok(c.call(&Request::Verify {
+        resource: resource.clone(),
+    })?)?;
     if !wait {
         return Ok(());
     }
@@ -278,10 +310,16 @@ fn verify(sock: &std::path::Path, resource: String, wait: bool) -> Result<(), Fa
     loop {
         std::thread::sleep(Duration::from_millis(200));
         polls += 1;
-        let Some(r) = fetch_status(sock, Some(resource.clone()))?.into_iter().next() else {
+        let Some(r) = fetch_status(sock, Some(resource.clone()))?
+            .into_iter()
+            .next()
+        else {
             return Err(refused("resource vanished"));
         };
-        let running = matches!(r.connection, ConnState::VerifySource | ConnState::VerifyTarget);
+        let running = matches!(
+            r.connection,
+            ConnState::VerifySource | ConnState::VerifyTarget
+        );
         if running {
             seen_running = true;
             if let Some(p) = r.sync_progress {
@@ -291,8 +329,17 @@ fn verify(sock: &std::path::Path, resource: String, wait: bool) -> Result<(), Fa
         let finished = !running && (seen_running || polls > 10) && r.last_verify != before;
         if finished {
             bar.finish_and_clear();
-            let v = r.last_verify.unwrap_or(hablock_proto::control::VerifyResult { checked_bytes: 0, out_of_sync_bytes: 0 });
-            println!("{resource}: verify done: {} out of sync ({} bytes)", human_bytes(v.out_of_sync_bytes), v.out_of_sync_bytes);
+            let v = r
+                .last_verify
+                .unwrap_or(hablock_proto::control::VerifyResult {
+                    checked_bytes: 0,
+                    out_of_sync_bytes: 0,
+                });
+            println!(
+                "{resource}: verify done: {} out of sync ({} bytes)",
+                human_bytes(v.out_of_sync_bytes),
+                v.out_of_sync_bytes
+            );
             if v.out_of_sync_bytes > 0 {
                 println!("{resource}: resync them with `blockctl disconnect {resource} && blockctl connect {resource}`");
             }

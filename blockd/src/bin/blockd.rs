@@ -23,7 +23,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime") {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("blockd: {e:#}");
@@ -41,5 +45,6 @@ fn main() -> std::process::ExitCode {
 }
 
 fn is_config_error(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<hablock_config::ConfigError>().is_some())
+    e.chain()
+        .any(|c| c.downcast_ref::<hablock_config::ConfigError>().is_some())
 }

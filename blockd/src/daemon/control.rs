@@ -64,13 +64,17 @@ async fn serve_connection(mut stream: UnixStream, state: ControlState) -> std::i
                     // A newer client: answer and keep the connection.
                     let skip = control::frame_len(&buf).unwrap_or(buf.len());
                     buf.drain(..skip.min(buf.len()));
-                    let r = Response::BadRequest { message: format!("unknown command {cmd:?}") };
+                    let r = Response::BadRequest {
+                        message: format!("unknown command {cmd:?}"),
+                    };
                     stream.write_all(&control::encode_response(&r)).await?;
                     continue;
                 }
                 Err(e) => {
                     warn!("control: refusing a malformed request: {e}");
-                    let r = Response::BadRequest { message: format!("malformed request: {e}") };
+                    let r = Response::BadRequest {
+                        message: format!("malformed request: {e}"),
+                    };
                     let _ = stream.write_all(&control::encode_response(&r)).await;
                     return Ok(());
                 }
@@ -90,14 +94,23 @@ async fn serve_connection(mut stream: UnixStream, state: ControlState) -> std::i
             return stream_events(stream, state.events.subscribe()).await;
         }
         let response = dispatch(&state, request).await;
-        stream.write_all(&control::encode_response(&response)).await?;
+        stream
+            .write_all(&control::encode_response(&response))
+            .await?;
     }
 }
 
-async fn stream_events(mut stream: UnixStream, mut rx: broadcast::Receiver<Event>) -> std::io::Result<()> {
+async fn stream_events(
+    mut stream: UnixStream,
+    mut rx: broadcast::Receiver<Event>,
+) -> std::io::Result<()> {
     loop {
         match rx.recv().await {
-            Ok(ev) => stream.write_all(&control::encode_response(&Response::Event(ev))).await?,
+            Ok(ev) => {
+                stream
+                    .write_all(&control::encode_response(&Response::Event(ev)))
+                    .await?
+            }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 warn!("events subscriber lagged; {n} events dropped");
             }
@@ -108,29 +121,44 @@ async fn stream_events(mut stream: UnixStream, mut rx: broadcast::Receiver<Event
 
 fn unknown(state: &ControlState, name: &str) -> Response {
     let known: Vec<&str> = state.resources.keys().map(String::as_str).collect();
-    Response::Refused { message: format!("no resource {name:?} (known: {})", known.join(", ")) }
+    Response::Refused {
+        message: format!("no resource {name:?} (known: {})", known.join(", ")),
+    }
 }
 
 async fn dispatch(state: &ControlState, request: Request) -> Response {
     let (name, cmd) = match request {
         Request::Status { resource } => return status(state, resource).await,
-        Request::Events => return Response::BadRequest { message: "events handled elsewhere".into() },
+        Request::Events => {
+            return Response::BadRequest {
+                message: "events handled elsewhere".into(),
+            }
+        }
         Request::Primary { resource, force } => (resource, Command::Primary { force }),
         Request::Secondary { resource } => (resource, Command::Secondary),
-        Request::Connect { resource, discard_my_data } => (resource, Command::Connect { discard_my_data }),
+        Request::Connect {
+            resource,
+            discard_my_data,
+        } => (resource, Command::Connect { discard_my_data }),
         Request::Disconnect { resource } => (resource, Command::Disconnect),
         Request::Verify { resource } => (resource, Command::Verify),
         Request::Invalidate { resource } => (resource, Command::Invalidate),
     };
-    let Some(tx) = state.resources.get(&name) else { return unknown(state, &name) };
+    let Some(tx) = state.resources.get(&name) else {
+        return unknown(state, &name);
+    };
     let (reply, rx) = oneshot::channel();
     if tx.send(ResourceMsg::Command { cmd, reply }).await.is_err() {
-        return Response::Refused { message: format!("{name} is shutting down") };
+        return Response::Refused {
+            message: format!("{name} is shutting down"),
+        };
     }
     match rx.await {
         Ok(CommandResult::Ok(warnings)) => Response::Ok { warnings },
         Ok(CommandResult::Refused(message)) => Response::Refused { message },
-        Err(_) => Response::Refused { message: format!("{name} is shutting down") },
+        Err(_) => Response::Refused {
+            message: format!("{name} is shutting down"),
+        },
     }
 }
 
@@ -142,7 +170,9 @@ async fn status(state: &ControlState, resource: Option<String>) -> Response {
     };
     let mut resources = Vec::new();
     for n in names {
-        let Some(tx) = state.resources.get(&n) else { continue };
+        let Some(tx) = state.resources.get(&n) else {
+            continue;
+        };
         let (reply, rx) = oneshot::channel();
         if tx.send(ResourceMsg::Status { reply }).await.is_ok() {
             if let Ok(st) = rx.await {

@@ -43,7 +43,11 @@ impl Backing {
                 None
             }
         };
-        Ok(Backing { file, is_block_device, uring })
+        Ok(Backing {
+            file,
+            is_block_device,
+            uring,
+        })
     }
 
     /// Reads `len` bytes at `offset`.
@@ -63,7 +67,14 @@ impl Backing {
     /// Writes `data` at `offset`; with `fua`, makes it durable first.
     pub async fn write(&self, offset: u64, data: Arc<[u8]>, fua: bool) -> IoOutcome {
         if let Some(q) = &self.uring {
-            return outcome(q.run(UringOp::Write { offset, data, dsync: fua }).await);
+            return outcome(
+                q.run(UringOp::Write {
+                    offset,
+                    data,
+                    dsync: fua,
+                })
+                .await,
+            );
         }
         let file = self.file.clone();
         run(move || {
@@ -125,7 +136,13 @@ where
 
 /// Both discard and write-zeroes leave zeroes: a discard that left stale data on one
 /// node only would make the copies differ.
-fn zero_range(file: &File, block_device: bool, offset: u64, len: u64, _zeroes: bool) -> io::Result<()> {
+fn zero_range(
+    file: &File,
+    block_device: bool,
+    offset: u64,
+    len: u64,
+    _zeroes: bool,
+) -> io::Result<()> {
     let fd = file.as_raw_fd();
     if block_device {
         // BLKZEROOUT uses the device's write-zeroes (or a discard that guarantees

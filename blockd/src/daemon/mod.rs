@@ -77,16 +77,24 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     };
     let peer_name = peer_name.to_string();
     let peer_addr = peer_node.address;
-    let my_addr = cfg.nodes.get(&opts.node).map(|n| n.address).context("this node is not configured")?;
+    let my_addr = cfg
+        .nodes
+        .get(&opts.node)
+        .map(|n| n.address)
+        .context("this node is not configured")?;
 
-    std::fs::create_dir_all(&opts.run_dir).with_context(|| format!("creating {}", opts.run_dir.display()))?;
+    std::fs::create_dir_all(&opts.run_dir)
+        .with_context(|| format!("creating {}", opts.run_dir.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&opts.run_dir, std::fs::Permissions::from_mode(0o700));
     }
     let sock = control_socket(&opts.run_dir);
     if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
-        bail!("another blockd is running with run directory {}", opts.run_dir.display());
+        bail!(
+            "another blockd is running with run directory {}",
+            opts.run_dir.display()
+        );
     }
 
     let (events, _) = broadcast::channel(1024);
@@ -99,7 +107,9 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         let backing = io::Backing::open(&r.backing)
             .with_context(|| format!("resource {name}: opening {}", r.backing.display()))?;
         let sb = md.superblock().clone();
-        let bitmap = md.load_bitmap().with_context(|| format!("resource {name}: reading the bitmap"))?;
+        let bitmap = md
+            .load_bitmap()
+            .with_context(|| format!("resource {name}: reading the bitmap"))?;
         let state = PersistedState {
             uuids: sb.uuids,
             disk: sb.disk,
@@ -147,7 +157,13 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     }
 
     let listener = control::bind(&sock).with_context(|| format!("creating {}", sock.display()))?;
-    tokio::spawn(control::serve(listener, control::ControlState { resources: inboxes.clone(), events }));
+    tokio::spawn(control::serve(
+        listener,
+        control::ControlState {
+            resources: inboxes.clone(),
+            events,
+        },
+    ));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     info!(node = %opts.node, socket = %sock.display(), "blockd ready");
 
@@ -156,10 +172,8 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     for (name, tx) in &inboxes {
         let (done, rx) = oneshot::channel();
-        if tx.send(ResourceMsg::Shutdown { done }).await.is_ok() {
-            if rx.await.is_err() {
-                warn!(resource = %name, "resource task ended without confirming shutdown");
-            }
+        if tx.send(ResourceMsg::Shutdown { done }).await.is_ok() && rx.await.is_err() {
+            warn!(resource = %name, "resource task ended without confirming shutdown");
         }
     }
     let _ = std::fs::remove_file(&sock);
@@ -168,7 +182,10 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -56,7 +56,11 @@ pub struct NewSession {
 }
 
 /// Runs the link: dials (if this node sorts first) or listens, forever.
-pub async fn run_link(cfg: LinkConfig, to_resource: mpsc::Sender<ResourceMsg>, want: watch::Receiver<bool>) {
+pub async fn run_link(
+    cfg: LinkConfig,
+    to_resource: mpsc::Sender<ResourceMsg>,
+    want: watch::Receiver<bool>,
+) {
     if cfg.node < cfg.peer {
         dial_loop(cfg, to_resource, want).await
     } else {
@@ -64,7 +68,11 @@ pub async fn run_link(cfg: LinkConfig, to_resource: mpsc::Sender<ResourceMsg>, w
     }
 }
 
-async fn dial_loop(cfg: LinkConfig, to_resource: mpsc::Sender<ResourceMsg>, mut want: watch::Receiver<bool>) {
+async fn dial_loop(
+    cfg: LinkConfig,
+    to_resource: mpsc::Sender<ResourceMsg>,
+    mut want: watch::Receiver<bool>,
+) {
     let mut last_error = String::new();
     loop {
         if want.wait_for(|w| *w).await.is_err() {
@@ -74,7 +82,12 @@ async fn dial_loop(cfg: LinkConfig, to_resource: mpsc::Sender<ResourceMsg>, mut 
             Ok((stream, leftover, features)) => {
                 last_error.clear();
                 let (ended_tx, ended_rx) = oneshot::channel();
-                let s = NewSession { stream, leftover, features, ended: ended_tx };
+                let s = NewSession {
+                    stream,
+                    leftover,
+                    features,
+                    ended: ended_tx,
+                };
                 if to_resource.send(ResourceMsg::Session(s)).await.is_err() {
                     return;
                 }
@@ -95,10 +108,16 @@ async fn dial_loop(cfg: LinkConfig, to_resource: mpsc::Sender<ResourceMsg>, mut 
 }
 
 async fn dial_once(cfg: &LinkConfig) -> anyhow::Result<(TcpStream, Vec<u8>, u64)> {
-    let socket = if cfg.remote.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if cfg.remote.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     let mut local = cfg.local;
     local.set_port(0);
-    socket.bind(local).with_context(|| format!("binding {local}"))?;
+    socket
+        .bind(local)
+        .with_context(|| format!("binding {local}"))?;
     let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, socket.connect(cfg.remote))
         .await
         .map_err(|_| anyhow!("connect timed out"))?
@@ -137,13 +156,20 @@ async fn listen_loop(cfg: LinkConfig, to_resource: mpsc::Sender<ResourceMsg>) {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, &cfg)).await {
                 Ok(Ok((leftover, features))) => {
                     let (ended, _rx) = oneshot::channel();
-                    let s = NewSession { stream, leftover, features, ended };
+                    let s = NewSession {
+                        stream,
+                        leftover,
+                        features,
+                        ended,
+                    };
                     let _ = to_resource.send(ResourceMsg::Session(s)).await;
                 }
                 Ok(Err(e)) => {
                     warn!(resource = %cfg.resource, peer = %cfg.peer, %from, "refused a connection: {e:#}")
                 }
-                Err(_) => warn!(resource = %cfg.resource, %from, "refused a connection: handshake timed out"),
+                Err(_) => {
+                    warn!(resource = %cfg.resource, %from, "refused a connection: handshake timed out")
+                }
             }
         });
     }
@@ -158,7 +184,10 @@ async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result
                 return Ok(f);
             }
             Ok(Some((Decoded::Corrupt { kind, .. }, _))) => {
-                bail!("corrupt {} packet during the handshake", peer::kind_name(kind))
+                bail!(
+                    "corrupt {} packet during the handshake",
+                    peer::kind_name(kind)
+                )
             }
             Ok(None) => {}
             Err(e) => bail!("not a hablock peer ({e})"),
@@ -180,7 +209,16 @@ async fn send_frame(stream: &mut TcpStream, frame: &Frame) -> anyhow::Result<()>
 }
 
 async fn refuse(stream: &mut TcpStream, reason: String) -> anyhow::Error {
-    let _ = send_frame(stream, &Frame { id: 0, msg: Message::Refuse { reason: reason.clone() } }).await;
+    let _ = send_frame(
+        stream,
+        &Frame {
+            id: 0,
+            msg: Message::Refuse {
+                reason: reason.clone(),
+            },
+        },
+    )
+    .await;
     anyhow!(reason)
 }
 
@@ -196,7 +234,14 @@ async fn handshake(stream: &mut TcpStream, cfg: &LinkConfig) -> anyhow::Result<(
         node: cfg.node.clone(),
         nonce,
     };
-    send_frame(stream, &Frame { id: 0, msg: Message::Hello(mine.clone()) }).await?;
+    send_frame(
+        stream,
+        &Frame {
+            id: 0,
+            msg: Message::Hello(mine.clone()),
+        },
+    )
+    .await?;
     let mut buf = Vec::new();
     let theirs = match read_frame(stream, &mut buf).await?.msg {
         Message::Hello(h) => h,
@@ -206,14 +251,20 @@ async fn handshake(stream: &mut TcpStream, cfg: &LinkConfig) -> anyhow::Result<(
     if theirs.resource != cfg.resource {
         return Err(refuse(
             stream,
-            format!("wrong resource: this node serves {:?}, the peer asked for {:?}", cfg.resource, theirs.resource),
+            format!(
+                "wrong resource: this node serves {:?}, the peer asked for {:?}",
+                cfg.resource, theirs.resource
+            ),
         )
         .await);
     }
     if theirs.node != cfg.peer {
         return Err(refuse(
             stream,
-            format!("unexpected node {:?}: resource {} is shared with {:?}", theirs.node, cfg.resource, cfg.peer),
+            format!(
+                "unexpected node {:?}: resource {} is shared with {:?}",
+                theirs.node, cfg.resource, cfg.peer
+            ),
         )
         .await);
     }
@@ -222,14 +273,25 @@ async fn handshake(stream: &mut TcpStream, cfg: &LinkConfig) -> anyhow::Result<(
         Err(e) => return Err(refuse(stream, format!("protocol versions: {e}")).await),
     };
     let mac = peer::auth_mac(&cfg.secret, &theirs.nonce, &cfg.resource, &cfg.node);
-    send_frame(stream, &Frame { id: 0, msg: Message::Auth { mac } }).await?;
+    send_frame(
+        stream,
+        &Frame {
+            id: 0,
+            msg: Message::Auth { mac },
+        },
+    )
+    .await?;
     let answer = match read_frame(stream, &mut buf).await?.msg {
         Message::Auth { mac } => mac,
         Message::Refuse { reason } => bail!("peer refused: {reason}"),
         _ => bail!("protocol error: expected Auth"),
     };
     if !peer::verify_auth_mac(&cfg.secret, &nonce, &cfg.resource, &cfg.peer, &answer) {
-        return Err(refuse(stream, "authentication failed (wrong shared secret?)".into()).await);
+        return Err(refuse(
+            stream,
+            "authentication failed (wrong shared secret?)".into(),
+        )
+        .await);
     }
     debug!(resource = %cfg.resource, peer = %cfg.peer, features, "peer authenticated");
     Ok((buf, features))
@@ -267,7 +329,9 @@ pub async fn read_session(
             Err(e) => break format!("read error: {e}"),
         }
     };
-    let _ = to_resource.send(ResourceMsg::Engine(Input::PeerLost { session, reason })).await;
+    let _ = to_resource
+        .send(ResourceMsg::Engine(Input::PeerLost { session, reason }))
+        .await;
 }
 
 /// Runs the writer half: encoded frames go out in order.
@@ -287,7 +351,9 @@ pub async fn write_session(
         }
         if let Err(e) = wr.write_all(&bytes).await {
             let reason = format!("write error: {e}");
-            let _ = to_resource.send(ResourceMsg::Engine(Input::PeerLost { session, reason })).await;
+            let _ = to_resource
+                .send(ResourceMsg::Engine(Input::PeerLost { session, reason }))
+                .await;
             return;
         }
     }

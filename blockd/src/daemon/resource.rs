@@ -3,7 +3,9 @@
 
 use super::io::Backing;
 use super::peer::{self, NewSession};
-use crate::engine::{Action, Command, CommandResult, Engine, Input, IoOutcome, IoRequest, Now, ReqId};
+use crate::engine::{
+    Action, Command, CommandResult, Engine, Input, IoOutcome, IoRequest, Now, ReqId,
+};
 use crate::md::MdStore;
 use crate::nbd::{self, NbdBackend};
 use hablock_proto::control::{Event, ResourceStatus};
@@ -64,7 +66,9 @@ impl ResourceHandle {
             .send(ResourceMsg::Io { request, reply })
             .await
             .map_err(|_| std::io::Error::from_raw_os_error(libc::ESHUTDOWN))?;
-        let outcome = rx.await.map_err(|_| std::io::Error::from_raw_os_error(libc::EIO))?;
+        let outcome = rx
+            .await
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EIO))?;
         match outcome {
             IoOutcome::Failed(e) => Err(std::io::Error::from_raw_os_error(e)),
             other => Ok(other),
@@ -85,7 +89,13 @@ impl NbdBackend for ResourceHandle {
     }
 
     async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> std::io::Result<()> {
-        self.submit(IoRequest::Write { offset, data: data.into(), fua }).await.map(|_| ())
+        self.submit(IoRequest::Write {
+            offset,
+            data: data.into(),
+            fua,
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn flush(&self) -> std::io::Result<()> {
@@ -93,11 +103,25 @@ impl NbdBackend for ResourceHandle {
     }
 
     async fn trim(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()> {
-        self.submit(IoRequest::Trim { offset, len, zeroes: false, fua }).await.map(|_| ())
+        self.submit(IoRequest::Trim {
+            offset,
+            len,
+            zeroes: false,
+            fua,
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()> {
-        self.submit(IoRequest::Trim { offset, len, zeroes: true, fua }).await.map(|_| ())
+        self.submit(IoRequest::Trim {
+            offset,
+            len,
+            zeroes: true,
+            fua,
+        })
+        .await
+        .map(|_| ())
     }
 }
 
@@ -139,8 +163,14 @@ pub struct ResourceTask {
 
 /// Clock values for the engine.
 fn now(start: Instant) -> Now {
-    let wall_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    Now { mono_ms: start.elapsed().as_millis() as u64, wall_ms }
+    let wall_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Now {
+        mono_ms: start.elapsed().as_millis() as u64,
+        wall_ms,
+    }
 }
 
 impl ResourceTask {
@@ -214,7 +244,10 @@ impl ResourceTask {
 
     fn command(&mut self, now: Now, cmd: Command, export: &Option<NbdExport>) -> CommandResult {
         if cmd == Command::Secondary {
-            let clients = export.as_ref().map(|e| e.clients.load(Ordering::SeqCst)).unwrap_or(0);
+            let clients = export
+                .as_ref()
+                .map(|e| e.clients.load(Ordering::SeqCst))
+                .unwrap_or(0);
             if clients > 0 {
                 return CommandResult::Refused(format!(
                     "{} is in use: {clients} NBD client(s) connected",
@@ -230,7 +263,12 @@ impl ResourceTask {
         let (wtx, wrx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(peer::read_session(rd, s.leftover, id, self.tx.clone()));
         tokio::spawn(peer::write_session(wr, wrx, id, self.tx.clone()));
-        Session { id, writer: wtx, reader, _ended: s.ended }
+        Session {
+            id,
+            writer: wtx,
+            reader,
+            _ended: s.ended,
+        }
     }
 
     async fn stop(&mut self, export: &mut Option<NbdExport>) {
@@ -297,28 +335,47 @@ impl ResourceTask {
                 let (b, tx) = (self.backing.clone(), self.tx.clone());
                 tokio::spawn(async move {
                     let outcome = b.read(offset, len).await;
-                    let _ = tx.send(ResourceMsg::Engine(Input::LocalDone { op, outcome })).await;
+                    let _ = tx
+                        .send(ResourceMsg::Engine(Input::LocalDone { op, outcome }))
+                        .await;
                 });
             }
-            Action::LocalWrite { op, offset, data, fua } => {
+            Action::LocalWrite {
+                op,
+                offset,
+                data,
+                fua,
+            } => {
                 let (b, tx) = (self.backing.clone(), self.tx.clone());
                 tokio::spawn(async move {
                     let outcome = b.write(offset, data, fua).await;
-                    let _ = tx.send(ResourceMsg::Engine(Input::LocalDone { op, outcome })).await;
+                    let _ = tx
+                        .send(ResourceMsg::Engine(Input::LocalDone { op, outcome }))
+                        .await;
                 });
             }
-            Action::LocalTrim { op, offset, len, zeroes, fua } => {
+            Action::LocalTrim {
+                op,
+                offset,
+                len,
+                zeroes,
+                fua,
+            } => {
                 let (b, tx) = (self.backing.clone(), self.tx.clone());
                 tokio::spawn(async move {
                     let outcome = b.trim(offset, len, zeroes, fua).await;
-                    let _ = tx.send(ResourceMsg::Engine(Input::LocalDone { op, outcome })).await;
+                    let _ = tx
+                        .send(ResourceMsg::Engine(Input::LocalDone { op, outcome }))
+                        .await;
                 });
             }
             Action::LocalFlush { op } => {
                 let (b, tx) = (self.backing.clone(), self.tx.clone());
                 tokio::spawn(async move {
                     let outcome = b.flush().await;
-                    let _ = tx.send(ResourceMsg::Engine(Input::LocalDone { op, outcome })).await;
+                    let _ = tx
+                        .send(ResourceMsg::Engine(Input::LocalDone { op, outcome }))
+                        .await;
                 });
             }
             Action::Send(frame) => {
@@ -328,7 +385,10 @@ impl ResourceTask {
                     let _ = s.writer.send(out);
                 }
             }
-            Action::CloseSession { session: id, reason } => {
+            Action::CloseSession {
+                session: id,
+                reason,
+            } => {
                 if session.as_ref().is_some_and(|s| s.id == id) {
                     if let Some(s) = session.take() {
                         info!(resource = %self.name, session = s.id, %reason, "closing peer session");
@@ -370,8 +430,16 @@ impl ResourceTask {
             Action::WantConnection(on) => {
                 let _ = self.want_link.send(on);
             }
-            Action::Event { kind, old, new, message } => {
-                let time_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            Action::Event {
+                kind,
+                old,
+                new,
+                message,
+            } => {
+                let time_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
                 let _ = self.events.send(Event {
                     time_ms,
                     resource: self.name.clone(),
@@ -399,15 +467,25 @@ impl ResourceTask {
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let clients = Arc::new(AtomicUsize::new(0));
-        let handle = Arc::new(ResourceHandle { tx: self.tx.clone(), size: self.engine.size_bytes() });
+        let handle = Arc::new(ResourceHandle {
+            tx: self.tx.clone(),
+            size: self.engine.size_bytes(),
+        });
         let name = self.name.clone();
         let c = clients.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = nbd::serve_listener(listener, name.clone(), handle, shutdown_rx, c).await {
+            if let Err(e) =
+                nbd::serve_listener(listener, name.clone(), handle, shutdown_rx, c).await
+            {
                 warn!(resource = %name, "NBD listener ended: {e}");
             }
         });
         info!(resource = %self.name, path = %path.display(), "NBD export up");
-        Some(NbdExport { path, shutdown, clients, task })
+        Some(NbdExport {
+            path,
+            shutdown,
+            clients,
+            task,
+        })
     }
 }

@@ -91,7 +91,8 @@ impl UringQueue {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
         let _ = unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        rx.await.map_err(|_| io::Error::from_raw_os_error(libc::EIO))?
+        rx.await
+            .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?
     }
 }
 
@@ -115,7 +116,11 @@ fn sqe_for(fd: RawFd, slot: &mut Slot, user_data: u64) -> io_uring::squeue::Entr
                 .build()
                 .user_data(user_data)
         }
-        UringOp::Write { offset, data, dsync } => {
+        UringOp::Write {
+            offset,
+            data,
+            dsync,
+        } => {
             let rest = &data[d..];
             let flags = if *dsync { libc::RWF_DSYNC } else { 0 };
             opcode::Write::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
@@ -131,7 +136,12 @@ fn sqe_for(fd: RawFd, slot: &mut Slot, user_data: u64) -> io_uring::squeue::Entr
     }
 }
 
-fn ring_thread(mut ring: io_uring::IoUring, file: Arc<File>, rx: mpsc::Receiver<Submission>, wake: Arc<OwnedFd>) {
+fn ring_thread(
+    mut ring: io_uring::IoUring,
+    file: Arc<File>,
+    rx: mpsc::Receiver<Submission>,
+    wake: Arc<OwnedFd>,
+) {
     use io_uring::{opcode, types};
     let fd = file.as_raw_fd();
     let mut slots: Vec<Option<Slot>> = Vec::new();
@@ -157,7 +167,12 @@ fn ring_thread(mut ring: io_uring::IoUring, file: Arc<File>, rx: mpsc::Receiver<
                 UringOp::Read { len, .. } => vec![0u8; *len as usize],
                 _ => Vec::new(),
             };
-            let slot = Slot { op: s.op, buf, done_bytes: 0, reply: s.done };
+            let slot = Slot {
+                op: s.op,
+                buf,
+                done_bytes: 0,
+                reply: s.done,
+            };
             let idx = match free.pop() {
                 Some(i) => {
                     slots[i] = Some(slot);
@@ -190,11 +205,16 @@ fn ring_thread(mut ring: io_uring::IoUring, file: Arc<File>, rx: mpsc::Receiver<
             }
             // The ring is unusable: fail everything in flight.
             for s in slots.iter_mut().filter_map(Option::take) {
-                let _ = s.reply.send(Err(io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))));
+                let _ = s.reply.send(Err(io::Error::from_raw_os_error(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                )));
             }
             return;
         }
-        let done: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let done: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
         for (ud, res) in done {
             if ud == WAKE {
                 // Submissions are picked up at the top of the loop.
@@ -202,7 +222,9 @@ fn ring_thread(mut ring: io_uring::IoUring, file: Arc<File>, rx: mpsc::Receiver<
                 continue;
             }
             let idx = ud as usize;
-            let Some(slot) = slots.get_mut(idx).and_then(Option::as_mut) else { continue };
+            let Some(slot) = slots.get_mut(idx).and_then(Option::as_mut) else {
+                continue;
+            };
             if res < 0 {
                 if let Some(s) = slots[idx].take() {
                     let _ = s.reply.send(Err(io::Error::from_raw_os_error(-res)));
@@ -247,9 +269,22 @@ mod tests {
         f.set_len(1 << 20).unwrap();
         let q = UringQueue::start(Arc::new(f)).unwrap();
         let data: Arc<[u8]> = vec![0x5a; 8192].into();
-        q.run(UringOp::Write { offset: 4096, data, dsync: true }).await.unwrap();
+        q.run(UringOp::Write {
+            offset: 4096,
+            data,
+            dsync: true,
+        })
+        .await
+        .unwrap();
         q.run(UringOp::Sync).await.unwrap();
-        let got = q.run(UringOp::Read { offset: 4096, len: 8192 }).await.unwrap().unwrap();
+        let got = q
+            .run(UringOp::Read {
+                offset: 4096,
+                len: 8192,
+            })
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got, vec![0x5a; 8192]);
         // Many at once.
         let mut tasks = Vec::new();
@@ -257,14 +292,32 @@ mod tests {
             let q = q.clone();
             tasks.push(tokio::spawn(async move {
                 let d: Arc<[u8]> = vec![i as u8; 4096].into();
-                q.run(UringOp::Write { offset: i * 4096, data: d, dsync: false }).await.unwrap();
-                q.run(UringOp::Read { offset: i * 4096, len: 4096 }).await.unwrap().unwrap()
+                q.run(UringOp::Write {
+                    offset: i * 4096,
+                    data: d,
+                    dsync: false,
+                })
+                .await
+                .unwrap();
+                q.run(UringOp::Read {
+                    offset: i * 4096,
+                    len: 4096,
+                })
+                .await
+                .unwrap()
+                .unwrap()
             }));
         }
         for (i, t) in tasks.into_iter().enumerate() {
             assert_eq!(t.await.unwrap(), vec![i as u8; 4096]);
         }
         // Reading past the end fails instead of hanging.
-        assert!(q.run(UringOp::Read { offset: (1 << 20) - 100, len: 4096 }).await.is_err());
+        assert!(q
+            .run(UringOp::Read {
+                offset: (1 << 20) - 100,
+                len: 4096
+            })
+            .await
+            .is_err());
     }
 }

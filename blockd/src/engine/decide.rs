@@ -144,8 +144,7 @@ pub fn is_split_brain(me: &Side, peer: &Side) -> bool {
     if (a.bitmap != 0 && a.bitmap == b.current) || (b.bitmap != 0 && b.bitmap == a.current) {
         return false;
     }
-    (a.bitmap != 0 && a.bitmap == b.bitmap)
-        || (a.bitmap != 0 && b.history.contains(&a.bitmap))
+    (a.bitmap != 0 && (a.bitmap == b.bitmap || b.history.contains(&a.bitmap)))
         || (b.bitmap != 0 && a.history.contains(&b.bitmap))
 }
 
@@ -188,10 +187,18 @@ fn decide_direction(me: &Side, peer: &Side, policy: &SplitBrainPolicy) -> Decisi
         return Decision::BothInconsistent;
     }
     if a.current == 0 {
-        return if peer_inc { Decision::BothInconsistent } else { Decision::Target(SyncScope::Full) };
+        return if peer_inc {
+            Decision::BothInconsistent
+        } else {
+            Decision::Target(SyncScope::Full)
+        };
     }
     if b.current == 0 {
-        return if me_inc { Decision::BothInconsistent } else { Decision::Source(SyncScope::Full) };
+        return if me_inc {
+            Decision::BothInconsistent
+        } else {
+            Decision::Source(SyncScope::Full)
+        };
     }
 
     if a.current == b.current {
@@ -229,7 +236,8 @@ fn same_generation(me: &Side, peer: &Side) -> Decision {
         (false, true) => return Decision::Source(SyncScope::Bitmap),
         (false, false) => {}
     }
-    let work = me.dirty_bits > 0 || peer.dirty_bits > 0 || me.crashed_primary || peer.crashed_primary;
+    let work =
+        me.dirty_bits > 0 || peer.dirty_bits > 0 || me.crashed_primary || peer.crashed_primary;
     if !work {
         return Decision::InSync;
     }
@@ -324,7 +332,9 @@ fn zero_primaries(me: &Side, peer: &Side, policy: AfterSb0Pri) -> Victim {
         AfterSb0Pri::DiscardLeastChanges => match me.dirty_bits.cmp(&peer.dirty_bits) {
             std::cmp::Ordering::Less => Victim::Me,
             std::cmp::Ordering::Greater => Victim::Peer,
-            std::cmp::Ordering::Equal => zero_primaries(me, peer, AfterSb0Pri::DiscardYoungerPrimary),
+            std::cmp::Ordering::Equal => {
+                zero_primaries(me, peer, AfterSb0Pri::DiscardYoungerPrimary)
+            }
         },
         AfterSb0Pri::DiscardYoungerPrimary => {
             match me.primary_since_ms.cmp(&peer.primary_since_ms) {
@@ -359,7 +369,11 @@ mod tests {
             node: node.into(),
             role: Role::Secondary,
             disk: DiskState::UpToDate,
-            uuids: Uuids { current, bitmap, history: [0, 0] },
+            uuids: Uuids {
+                current,
+                bitmap,
+                history: [0, 0],
+            },
             dirty_bits: 0,
             crashed_primary: false,
             primary_since_ms: 0,
@@ -368,7 +382,11 @@ mod tests {
     }
 
     fn policy(p0: AfterSb0Pri, p1: AfterSb1Pri) -> SplitBrainPolicy {
-        SplitBrainPolicy { zero_primaries: p0, one_primary: p1, two_primaries: AfterSb2Pri::Disconnect }
+        SplitBrainPolicy {
+            zero_primaries: p0,
+            one_primary: p1,
+            two_primaries: AfterSb2Pri::Disconnect,
+        }
     }
 
     #[test]
@@ -377,7 +395,10 @@ mod tests {
         let mut b = side("b", 0, 0);
         a.disk = DiskState::Inconsistent;
         b.disk = DiskState::Inconsistent;
-        assert_eq!(decide(&a, &b, &SplitBrainPolicy::default()), Decision::BothInconsistent);
+        assert_eq!(
+            decide(&a, &b, &SplitBrainPolicy::default()),
+            Decision::BothInconsistent
+        );
     }
 
     #[test]
@@ -385,16 +406,28 @@ mod tests {
         let a = side("a", 7, 0);
         let mut b = side("b", 0, 0);
         b.disk = DiskState::Inconsistent;
-        assert_eq!(decide(&a, &b, &SplitBrainPolicy::default()), Decision::Source(SyncScope::Full));
-        assert_eq!(decide(&b, &a, &SplitBrainPolicy::default()), Decision::Target(SyncScope::Full));
+        assert_eq!(
+            decide(&a, &b, &SplitBrainPolicy::default()),
+            Decision::Source(SyncScope::Full)
+        );
+        assert_eq!(
+            decide(&b, &a, &SplitBrainPolicy::default()),
+            Decision::Target(SyncScope::Full)
+        );
     }
 
     #[test]
     fn changed_side_is_bitmap_source() {
         let a = side("a", 9, 7);
         let b = side("b", 7, 0);
-        assert_eq!(decide(&a, &b, &SplitBrainPolicy::default()), Decision::Source(SyncScope::Bitmap));
-        assert_eq!(decide(&b, &a, &SplitBrainPolicy::default()), Decision::Target(SyncScope::Bitmap));
+        assert_eq!(
+            decide(&a, &b, &SplitBrainPolicy::default()),
+            Decision::Source(SyncScope::Bitmap)
+        );
+        assert_eq!(
+            decide(&b, &a, &SplitBrainPolicy::default()),
+            Decision::Target(SyncScope::Bitmap)
+        );
     }
 
     #[test]
@@ -402,7 +435,10 @@ mod tests {
         let mut a = side("a", 11, 0);
         a.uuids.history = [9, 7];
         let b = side("b", 7, 0);
-        assert_eq!(decide(&a, &b, &SplitBrainPolicy::default()), Decision::Source(SyncScope::Full));
+        assert_eq!(
+            decide(&a, &b, &SplitBrainPolicy::default()),
+            Decision::Source(SyncScope::Full)
+        );
     }
 
     #[test]
@@ -421,8 +457,14 @@ mod tests {
         a.crashed_primary = true;
         a.dirty_bits = 1024;
         let b = side("b", 5, 0);
-        assert_eq!(decide(&a, &b, &SplitBrainPolicy::default()), Decision::Source(SyncScope::Bitmap));
-        assert_eq!(decide(&b, &a, &SplitBrainPolicy::default()), Decision::Target(SyncScope::Bitmap));
+        assert_eq!(
+            decide(&a, &b, &SplitBrainPolicy::default()),
+            Decision::Source(SyncScope::Bitmap)
+        );
+        assert_eq!(
+            decide(&b, &a, &SplitBrainPolicy::default()),
+            Decision::Target(SyncScope::Bitmap)
+        );
     }
 
     #[test]
@@ -448,7 +490,10 @@ mod tests {
     fn split_brain_default_disconnects() {
         let (a, b) = split(3, 4);
         assert!(is_split_brain(&a, &b));
-        assert_eq!(decide(&a, &b, &SplitBrainPolicy::default()), Decision::Refuse(Refusal::SplitBrain));
+        assert_eq!(
+            decide(&a, &b, &SplitBrainPolicy::default()),
+            Decision::Refuse(Refusal::SplitBrain)
+        );
     }
 
     #[test]
@@ -505,7 +550,10 @@ mod tests {
         let (mut a, mut b) = split(0, 4);
         a.role = Role::Primary;
         b.role = Role::Primary;
-        let p = policy(AfterSb0Pri::DiscardZeroChanges, AfterSb1Pri::DiscardSecondary);
+        let p = policy(
+            AfterSb0Pri::DiscardZeroChanges,
+            AfterSb1Pri::DiscardSecondary,
+        );
         assert_eq!(decide(&a, &b, &p), Decision::Refuse(Refusal::SplitBrain));
     }
 
@@ -513,8 +561,14 @@ mod tests {
     fn discard_my_data_wins() {
         let (mut a, b) = split(5, 4);
         a.discard_my_data = true;
-        assert_eq!(decide(&a, &b, &SplitBrainPolicy::default()), Decision::Target(SyncScope::Bitmap));
-        assert_eq!(decide(&b, &a, &SplitBrainPolicy::default()), Decision::Source(SyncScope::Bitmap));
+        assert_eq!(
+            decide(&a, &b, &SplitBrainPolicy::default()),
+            Decision::Target(SyncScope::Bitmap)
+        );
+        assert_eq!(
+            decide(&b, &a, &SplitBrainPolicy::default()),
+            Decision::Source(SyncScope::Bitmap)
+        );
     }
 
     fn arb_side(name: &'static str) -> impl Strategy<Value = Side> {
@@ -530,16 +584,22 @@ mod tests {
             0u64..3,
             any::<bool>(),
         )
-            .prop_map(move |(c, b, h0, h1, role, disk, dirty, crashed, since, discard)| Side {
-                node: name.into(),
-                role,
-                disk,
-                uuids: Uuids { current: c, bitmap: b, history: [h0, h1] },
-                dirty_bits: dirty,
-                crashed_primary: crashed,
-                primary_since_ms: since,
-                discard_my_data: discard,
-            })
+            .prop_map(
+                move |(c, b, h0, h1, role, disk, dirty, crashed, since, discard)| Side {
+                    node: name.into(),
+                    role,
+                    disk,
+                    uuids: Uuids {
+                        current: c,
+                        bitmap: b,
+                        history: [h0, h1],
+                    },
+                    dirty_bits: dirty,
+                    crashed_primary: crashed,
+                    primary_since_ms: since,
+                    discard_my_data: discard,
+                },
+            )
     }
 
     proptest! {

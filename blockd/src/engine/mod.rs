@@ -341,17 +341,31 @@ enum OpKind {
     AppFlush(u64),
     /// Applying a peer's write or trim (answer with DataAck to this frame id on the
     /// session it came from, never on a later one).
-    PeerWrite { session: u64, frame_id: u64, offset: u64, len: u64 },
+    PeerWrite {
+        session: u64,
+        frame_id: u64,
+        offset: u64,
+        len: u64,
+    },
     /// Applying a peer's flush.
     PeerFlush { session: u64, frame_id: u64 },
     /// Resync source reading a chunk.
     ResyncRead { chunk: u64 },
     /// Resync target writing a chunk.
-    ResyncWrite { session: u64, frame_id: u64, offset: u64, len: u64 },
+    ResyncWrite {
+        session: u64,
+        frame_id: u64,
+        offset: u64,
+        len: u64,
+    },
     /// Verify source reading its own copy.
     VerifyRead { chunk: u64 },
     /// Verify target reading to answer.
-    VerifyAnswer { session: u64, frame_id: u64, offset: u64 },
+    VerifyAnswer {
+        session: u64,
+        frame_id: u64,
+        offset: u64,
+    },
 }
 
 /// Who holds a range lock.
@@ -581,8 +595,19 @@ impl Engine {
         }
     }
 
-    fn event(&mut self, kind: &'static str, old: Option<String>, new: Option<String>, msg: Option<String>) {
-        self.actions.push(Action::Event { kind, old, new, message: msg });
+    fn event(
+        &mut self,
+        kind: &'static str,
+        old: Option<String>,
+        new: Option<String>,
+        msg: Option<String>,
+    ) {
+        self.actions.push(Action::Event {
+            kind,
+            old,
+            new,
+            message: msg,
+        });
     }
 
     fn set_role(&mut self, role: Role) {
@@ -669,13 +694,19 @@ impl Engine {
     fn on_io(&mut self, req: ReqId, request: IoRequest) {
         if self.role != Role::Primary {
             // A Secondary serves no I/O.
-            self.actions.push(Action::Complete { req, outcome: IoOutcome::Failed(libc::EIO) });
+            self.actions.push(Action::Complete {
+                req,
+                outcome: IoOutcome::Failed(libc::EIO),
+            });
             return;
         }
         match request {
             IoRequest::Read { offset, len } => {
                 if !self.in_bounds(offset, u64::from(len)) {
-                    self.actions.push(Action::Complete { req, outcome: IoOutcome::Failed(libc::EINVAL) });
+                    self.actions.push(Action::Complete {
+                        req,
+                        outcome: IoOutcome::Failed(libc::EINVAL),
+                    });
                     return;
                 }
                 let op = self.alloc_id();
@@ -686,7 +717,12 @@ impl Engine {
                 let len = data.len() as u64;
                 self.submit_write(req, offset, len, WritePayload::Data(data), fua);
             }
-            IoRequest::Trim { offset, len, zeroes, fua } => {
+            IoRequest::Trim {
+                offset,
+                len,
+                zeroes,
+                fua,
+            } => {
                 self.submit_write(req, offset, len, WritePayload::Trim { zeroes }, fua);
             }
             IoRequest::Flush => {
@@ -694,7 +730,13 @@ impl Engine {
                 let peer = self.conn.replicating();
                 self.flushes.insert(
                     id,
-                    AppFlush { req, local_done: false, peer_pending: peer, sent_ms: self.now.mono_ms, error: None },
+                    AppFlush {
+                        req,
+                        local_done: false,
+                        peer_pending: peer,
+                        sent_ms: self.now.mono_ms,
+                        error: None,
+                    },
                 );
                 self.ops.insert(id, OpKind::AppFlush(id));
                 self.actions.push(Action::LocalFlush { op: id });
@@ -706,16 +748,31 @@ impl Engine {
     }
 
     fn in_bounds(&self, offset: u64, len: u64) -> bool {
-        offset.checked_add(len).is_some_and(|end| end <= self.size_bytes)
+        offset
+            .checked_add(len)
+            .is_some_and(|end| end <= self.size_bytes)
     }
 
-    fn submit_write(&mut self, req: ReqId, offset: u64, len: u64, payload: WritePayload, fua: bool) {
+    fn submit_write(
+        &mut self,
+        req: ReqId,
+        offset: u64,
+        len: u64,
+        payload: WritePayload,
+        fua: bool,
+    ) {
         if !self.in_bounds(offset, len) {
-            self.actions.push(Action::Complete { req, outcome: IoOutcome::Failed(libc::ENOSPC) });
+            self.actions.push(Action::Complete {
+                req,
+                outcome: IoOutcome::Failed(libc::ENOSPC),
+            });
             return;
         }
         if len == 0 {
-            self.actions.push(Action::Complete { req, outcome: IoOutcome::Done });
+            self.actions.push(Action::Complete {
+                req,
+                outcome: IoOutcome::Done,
+            });
             return;
         }
         let id = self.alloc_id();
@@ -745,7 +802,9 @@ impl Engine {
     /// local write and the peer's copy together.
     fn start_write(&mut self, id: u64) {
         let replicating = self.conn.replicating();
-        let Some(w) = self.writes.get_mut(&id) else { return };
+        let Some(w) = self.writes.get_mut(&id) else {
+            return;
+        };
         w.started = true;
         let (offset, len) = (w.range.start, w.range.end - w.range.start);
         let payload = w.payload.clone();
@@ -774,10 +833,21 @@ impl Engine {
         self.ops.insert(id, OpKind::AppWrite(id));
         match &payload {
             WritePayload::Data(data) => {
-                self.actions.push(Action::LocalWrite { op: id, offset, data: data.clone(), fua });
+                self.actions.push(Action::LocalWrite {
+                    op: id,
+                    offset,
+                    data: data.clone(),
+                    fua,
+                });
             }
             WritePayload::Trim { zeroes } => {
-                self.actions.push(Action::LocalTrim { op: id, offset, len, zeroes: *zeroes, fua });
+                self.actions.push(Action::LocalTrim {
+                    op: id,
+                    offset,
+                    len,
+                    zeroes: *zeroes,
+                    fua,
+                });
             }
         }
         if replicating {
@@ -790,18 +860,31 @@ impl Engine {
 
     fn send_write(&mut self, id: u64, offset: u64, len: u64, payload: &WritePayload, fua: bool) {
         let msg = match payload {
-            WritePayload::Data(data) => Message::Data { offset, fua, payload: data.to_vec() },
-            WritePayload::Trim { zeroes } => Message::Trim { offset, len, zeroes: *zeroes },
+            WritePayload::Data(data) => Message::Data {
+                offset,
+                fua,
+                payload: data.to_vec(),
+            },
+            WritePayload::Trim { zeroes } => Message::Trim {
+                offset,
+                len,
+                zeroes: *zeroes,
+            },
         };
         self.send(id, msg);
     }
 
     fn finish_write_if_done(&mut self, id: u64) {
-        let done = self.writes.get(&id).is_some_and(|w| w.local_done && !w.peer_pending);
+        let done = self
+            .writes
+            .get(&id)
+            .is_some_and(|w| w.local_done && !w.peer_pending);
         if !done {
             return;
         }
-        let Some(w) = self.writes.remove(&id) else { return };
+        let Some(w) = self.writes.remove(&id) else {
+            return;
+        };
         let (offset, len) = (w.range.start, w.range.end - w.range.start);
         if w.al_held {
             self.al.complete(offset, len);
@@ -812,7 +895,10 @@ impl Engine {
             Some(e) => IoOutcome::Failed(e),
             None => IoOutcome::Done,
         };
-        self.actions.push(Action::Complete { req: w.req, outcome });
+        self.actions.push(Action::Complete {
+            req: w.req,
+            outcome,
+        });
         for next in self.locks.release(LockOwner::Write(id)) {
             if let LockOwner::Write(n) = next {
                 self.start_write(n);
@@ -821,20 +907,28 @@ impl Engine {
     }
 
     fn finish_flush_if_done(&mut self, id: u64) {
-        let done = self.flushes.get(&id).is_some_and(|f| f.local_done && !f.peer_pending);
+        let done = self
+            .flushes
+            .get(&id)
+            .is_some_and(|f| f.local_done && !f.peer_pending);
         if done {
             if let Some(f) = self.flushes.remove(&id) {
                 let outcome = match f.error {
                     Some(e) => IoOutcome::Failed(e),
                     None => IoOutcome::Done,
                 };
-                self.actions.push(Action::Complete { req: f.req, outcome });
+                self.actions.push(Action::Complete {
+                    req: f.req,
+                    outcome,
+                });
             }
         }
     }
 
     fn on_local_done(&mut self, op: OpId, outcome: IoOutcome) {
-        let Some(kind) = self.ops.remove(&op) else { return };
+        let Some(kind) = self.ops.remove(&op) else {
+            return;
+        };
         let failed = match outcome {
             IoOutcome::Failed(e) => Some(e),
             _ => None,
@@ -861,7 +955,12 @@ impl Engine {
                 }
                 self.finish_flush_if_done(id);
             }
-            OpKind::PeerWrite { session, frame_id, offset, len } => {
+            OpKind::PeerWrite {
+                session,
+                frame_id,
+                offset,
+                len,
+            } => {
                 if failed.is_some() {
                     warn!(resource = %self.cfg.resource, offset, "local write of a peer block failed");
                     self.bitmap.set_range_bytes(offset, len);
@@ -872,15 +971,22 @@ impl Engine {
                 }
                 self.send_on(session, frame_id, Message::DataAck);
             }
-            OpKind::PeerFlush { session, frame_id } => self.send_on(session, frame_id, Message::FlushAck),
+            OpKind::PeerFlush { session, frame_id } => {
+                self.send_on(session, frame_id, Message::FlushAck)
+            }
             OpKind::ResyncRead { chunk } => self.resync_read_done(chunk, outcome),
-            OpKind::ResyncWrite { session, frame_id, offset, len } => {
-                self.resync_write_done(session, frame_id, offset, len, failed.is_none())
-            }
+            OpKind::ResyncWrite {
+                session,
+                frame_id,
+                offset,
+                len,
+            } => self.resync_write_done(session, frame_id, offset, len, failed.is_none()),
             OpKind::VerifyRead { chunk } => self.verify_read_done(chunk, outcome),
-            OpKind::VerifyAnswer { session, frame_id, offset } => {
-                self.verify_answer(session, frame_id, offset, outcome)
-            }
+            OpKind::VerifyAnswer {
+                session,
+                frame_id,
+                offset,
+            } => self.verify_answer(session, frame_id, offset, outcome),
         }
     }
 
@@ -894,18 +1000,53 @@ impl Engine {
         }
         let id = frame.id;
         match frame.msg {
-            Message::Data { offset, fua, payload } => {
+            Message::Data {
+                offset,
+                fua,
+                payload,
+            } => {
                 let len = payload.len() as u64;
                 let op = self.alloc_id();
                 let session = self.conn.session().unwrap_or(0);
-                self.ops.insert(op, OpKind::PeerWrite { session, frame_id: id, offset, len });
-                self.actions.push(Action::LocalWrite { op, offset, data: payload.into(), fua });
+                self.ops.insert(
+                    op,
+                    OpKind::PeerWrite {
+                        session,
+                        frame_id: id,
+                        offset,
+                        len,
+                    },
+                );
+                self.actions.push(Action::LocalWrite {
+                    op,
+                    offset,
+                    data: payload.into(),
+                    fua,
+                });
             }
-            Message::Trim { offset, len, zeroes } => {
+            Message::Trim {
+                offset,
+                len,
+                zeroes,
+            } => {
                 let op = self.alloc_id();
                 let session = self.conn.session().unwrap_or(0);
-                self.ops.insert(op, OpKind::PeerWrite { session, frame_id: id, offset, len });
-                self.actions.push(Action::LocalTrim { op, offset, len, zeroes, fua: false });
+                self.ops.insert(
+                    op,
+                    OpKind::PeerWrite {
+                        session,
+                        frame_id: id,
+                        offset,
+                        len,
+                    },
+                );
+                self.actions.push(Action::LocalTrim {
+                    op,
+                    offset,
+                    len,
+                    zeroes,
+                    fua: false,
+                });
             }
             Message::DataAck => {
                 if let Some(w) = self.writes.get_mut(&id) {
@@ -913,7 +1054,8 @@ impl Engine {
                     w.mirrored = true;
                     if self.conn.is_sync_source() {
                         let r = w.range;
-                        self.bitmap.clear_range_full_blocks(r.start, r.end - r.start);
+                        self.bitmap
+                            .clear_range_full_blocks(r.start, r.end - r.start);
                     }
                     self.finish_write_if_done(id);
                 }
@@ -930,7 +1072,13 @@ impl Engine {
             Message::Flush => {
                 let op = self.alloc_id();
                 let session = self.conn.session().unwrap_or(0);
-                self.ops.insert(op, OpKind::PeerFlush { session, frame_id: id });
+                self.ops.insert(
+                    op,
+                    OpKind::PeerFlush {
+                        session,
+                        frame_id: id,
+                    },
+                );
                 self.actions.push(Action::LocalFlush { op });
             }
             Message::FlushAck => {
@@ -950,7 +1098,9 @@ impl Engine {
                 self.bitmap.set_range_bytes(offset, len);
             }
             Message::VerifyReq { offset, len } => self.on_verify_req(id, offset, len),
-            Message::VerifyReply { offset, checksums } => self.on_verify_reply(id, offset, checksums),
+            Message::VerifyReply { offset, checksums } => {
+                self.on_verify_reply(id, offset, checksums)
+            }
             Message::VerifyStart => {
                 if let CommandResult::Refused(why) = self.cmd_verify() {
                     warn!(resource = %self.cfg.resource, %why, "peer asked for a verify; refused");
@@ -963,8 +1113,15 @@ impl Engine {
             }
             other @ (Message::Hello(_) | Message::Auth { .. } | Message::BitmapChunk { .. }) => {
                 let kind = format!("{other:?}");
-                let kind = kind.split(['(', ' ', '{']).next().unwrap_or("?").to_string();
-                self.lose_session(&format!("protocol error: unexpected {kind} on an established session"), false);
+                let kind = kind
+                    .split(['(', ' ', '{'])
+                    .next()
+                    .unwrap_or("?")
+                    .to_string();
+                self.lose_session(
+                    &format!("protocol error: unexpected {kind} on an established session"),
+                    false,
+                );
             }
         }
     }
@@ -993,7 +1150,12 @@ impl Engine {
             .values()
             .filter(|w| w.peer_pending)
             .map(|w| w.sent_ms)
-            .chain(self.flushes.values().filter(|f| f.peer_pending).map(|f| f.sent_ms))
+            .chain(
+                self.flushes
+                    .values()
+                    .filter(|f| f.peer_pending)
+                    .map(|f| f.sent_ms),
+            )
             .any(|t| now.saturating_sub(t) > self.cfg.peer_timeout_ms);
         if overdue {
             self.lose_session("peer did not acknowledge a write in time", false);
@@ -1027,7 +1189,8 @@ impl Engine {
         }
         if self.conn.is_sync_target() {
             return CommandResult::Refused(
-                "this node is a resync target (its data is Inconsistent); wait for the resync".into(),
+                "this node is a resync target (its data is Inconsistent); wait for the resync"
+                    .into(),
             );
         }
         let mut warnings = Vec::new();
@@ -1088,7 +1251,9 @@ impl Engine {
             return CommandResult::Ok(vec![]);
         }
         if !self.writes.is_empty() || !self.flushes.is_empty() {
-            return CommandResult::Refused("I/O is still in flight; retry when the device is idle".into());
+            return CommandResult::Refused(
+                "I/O is still in flight; retry when the device is idle".into(),
+            );
         }
         self.actions.push(Action::SetExported(false));
         self.set_role(Role::Secondary);
@@ -1104,12 +1269,16 @@ impl Engine {
     fn cmd_connect(&mut self, discard_my_data: bool) -> CommandResult {
         if !matches!(self.conn, Conn::StandAlone { .. }) {
             if discard_my_data {
-                return CommandResult::Refused("already connecting or connected; disconnect first".into());
+                return CommandResult::Refused(
+                    "already connecting or connected; disconnect first".into(),
+                );
             }
             return CommandResult::Ok(vec![]);
         }
         if discard_my_data && self.role == Role::Primary {
-            return CommandResult::Refused("a Primary cannot discard its data; demote it first".into());
+            return CommandResult::Refused(
+                "a Primary cannot discard its data; demote it first".into(),
+            );
         }
         self.discard_my_data = discard_my_data;
         self.set_conn(Conn::Connecting);
@@ -1122,16 +1291,22 @@ impl Engine {
             return CommandResult::Ok(vec![]);
         }
         self.lose_session("disconnect command", true);
-        self.set_conn(Conn::StandAlone { reason: Some("disconnected by the operator".into()) });
+        self.set_conn(Conn::StandAlone {
+            reason: Some("disconnected by the operator".into()),
+        });
         CommandResult::Ok(vec![])
     }
 
     fn cmd_invalidate(&mut self) -> CommandResult {
         if self.role == Role::Primary {
-            return CommandResult::Refused("cannot invalidate a Primary's data; demote it first".into());
+            return CommandResult::Refused(
+                "cannot invalidate a Primary's data; demote it first".into(),
+            );
         }
         if self.conn.is_sync_source() {
-            return CommandResult::Refused("this node is the resync source; wait for the resync".into());
+            return CommandResult::Refused(
+                "this node is the resync source; wait for the resync".into(),
+            );
         }
         self.bitmap.set_all();
         self.set_disk(DiskState::Inconsistent);
@@ -1140,7 +1315,9 @@ impl Engine {
         if self.conn.is_established() {
             self.lose_session("renegotiating after invalidate", false);
         }
-        CommandResult::Ok(vec!["all local data marked out of sync; it is resynced from the peer".into()])
+        CommandResult::Ok(vec![
+            "all local data marked out of sync; it is resynced from the peer".into(),
+        ])
     }
 
     fn set_conn(&mut self, conn: Conn) {
@@ -1148,7 +1325,12 @@ impl Engine {
         self.conn = conn;
         if old != new {
             info!(resource = %self.cfg.resource, peer = %self.cfg.peer, old = %old, new = %new, "connection state change");
-            self.event("connection", Some(old.to_string()), Some(new.to_string()), self.conn.standalone_reason());
+            self.event(
+                "connection",
+                Some(old.to_string()),
+                Some(new.to_string()),
+                self.conn.standalone_reason(),
+            );
         }
     }
 }

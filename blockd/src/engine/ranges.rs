@@ -20,7 +20,10 @@ pub struct Range {
 impl Range {
     /// The range of `len` bytes at `offset`.
     pub fn new(offset: u64, len: u64) -> Self {
-        Range { start: offset, end: offset.saturating_add(len) }
+        Range {
+            start: offset,
+            end: offset.saturating_add(len),
+        }
     }
 
     fn overlaps(&self, other: &Range) -> bool {
@@ -37,7 +40,10 @@ pub struct RangeLocks<T> {
 
 impl<T: Copy + PartialEq> Default for RangeLocks<T> {
     fn default() -> Self {
-        Self { held: Vec::new(), waiting: VecDeque::new() }
+        Self {
+            held: Vec::new(),
+            waiting: VecDeque::new(),
+        }
     }
 }
 

@@ -67,9 +67,17 @@ impl Engine {
         let total = self.bitmap.count();
         info!(resource = %self.cfg.resource, peer = %self.cfg.peer, bytes = total * BLOCK_BYTES, "resync started as source");
         self.conn.set_mode(Mode::SyncSource);
-        self.event("resync-started", None, Some("SyncSource".into()), Some(format!("{} bytes", total * BLOCK_BYTES)));
+        self.event(
+            "resync-started",
+            None,
+            Some("SyncSource".into()),
+            Some(format!("{} bytes", total * BLOCK_BYTES)),
+        );
         self.set_peer_disk(DiskState::Inconsistent);
-        self.meter = RateMeter { samples: VecDeque::new(), total_bits: total };
+        self.meter = RateMeter {
+            samples: VecDeque::new(),
+            total_bits: total,
+        };
         self.resync = Some(Resync {
             cursor: 0,
             inflight: HashMap::new(),
@@ -82,8 +90,16 @@ impl Engine {
         let total = self.bitmap.count();
         info!(resource = %self.cfg.resource, peer = %self.cfg.peer, bytes = total * BLOCK_BYTES, "resync started as target");
         self.conn.set_mode(Mode::SyncTarget);
-        self.event("resync-started", None, Some("SyncTarget".into()), Some(format!("{} bytes", total * BLOCK_BYTES)));
-        self.meter = RateMeter { samples: VecDeque::new(), total_bits: total };
+        self.event(
+            "resync-started",
+            None,
+            Some("SyncTarget".into()),
+            Some(format!("{} bytes", total * BLOCK_BYTES)),
+        );
+        self.meter = RateMeter {
+            samples: VecDeque::new(),
+            total_bits: total,
+        };
         // Until the resync ends, this copy is a mix of old and new blocks.
         self.set_disk(DiskState::Inconsistent);
         self.persist_superblock();
@@ -165,12 +181,16 @@ impl Engine {
             let offset = first * BLOCK_BYTES;
             if offset >= self.size_bytes {
                 // Bits beyond the agreed size mean nothing.
-                self.bitmap.clear_range_full_blocks(offset, (self.bitmap.len() - first) * BLOCK_BYTES);
+                self.bitmap
+                    .clear_range_full_blocks(offset, (self.bitmap.len() - first) * BLOCK_BYTES);
                 continue;
             }
             let len = (n * BLOCK_BYTES).min(self.size_bytes - offset);
             let id = self.alloc_id();
-            if !self.locks.try_acquire(LockOwner::Resync(id), Range::new(offset, len)) {
+            if !self
+                .locks
+                .try_acquire(LockOwner::Resync(id), Range::new(offset, len))
+            {
                 // An application write holds it; it will be retried after the cursor wraps.
                 if let Some(rs) = &mut self.resync {
                     rs.cursor = first + n;
@@ -180,21 +200,40 @@ impl Engine {
             let Some(rs) = &mut self.resync else { return };
             rs.cursor = first + n;
             rs.tokens -= len as f64;
-            rs.inflight.insert(id, Chunk { offset, len, data: None });
+            rs.inflight.insert(
+                id,
+                Chunk {
+                    offset,
+                    len,
+                    data: None,
+                },
+            );
             self.ops.insert(id, OpKind::ResyncRead { chunk: id });
             // The resync read can never exceed CHUNK_BLOCKS * BLOCK_BYTES.
-            self.actions.push(Action::LocalRead { op: id, offset, len: len as u32 });
+            self.actions.push(Action::LocalRead {
+                op: id,
+                offset,
+                len: len as u32,
+            });
         }
     }
 
     pub(super) fn resync_read_done(&mut self, chunk: u64, outcome: IoOutcome) {
         let Some(rs) = &mut self.resync else { return };
-        let Some(c) = rs.inflight.get_mut(&chunk) else { return };
+        let Some(c) = rs.inflight.get_mut(&chunk) else {
+            return;
+        };
         match outcome {
             IoOutcome::Data(data) => {
                 let offset = c.offset;
                 c.data = Some(data.clone());
-                self.send(chunk, Message::RsData { offset, payload: data });
+                self.send(
+                    chunk,
+                    Message::RsData {
+                        offset,
+                        payload: data,
+                    },
+                );
             }
             _ => {
                 warn!(resource = %self.cfg.resource, offset = c.offset, "resync read failed; will retry");
@@ -206,7 +245,9 @@ impl Engine {
 
     pub(super) fn on_rs_ack(&mut self, id: u64) {
         let Some(rs) = &mut self.resync else { return };
-        let Some(c) = rs.inflight.remove(&id) else { return };
+        let Some(c) = rs.inflight.remove(&id) else {
+            return;
+        };
         self.bitmap.clear_range_full_blocks(c.offset, c.len);
         self.resynced_bytes += c.len;
         self.release_background_lock(LockOwner::Resync(id));
@@ -214,11 +255,19 @@ impl Engine {
 
     pub(super) fn on_rs_nack(&mut self, id: u64) {
         let Some(rs) = &mut self.resync else { return };
-        let Some(c) = rs.inflight.get(&id) else { return };
+        let Some(c) = rs.inflight.get(&id) else {
+            return;
+        };
         warn!(resource = %self.cfg.resource, offset = c.offset, "peer got a corrupt resync block; resending");
         if let Some(data) = c.data.clone() {
             let offset = c.offset;
-            self.send(id, Message::RsData { offset, payload: data });
+            self.send(
+                id,
+                Message::RsData {
+                    offset,
+                    payload: data,
+                },
+            );
         }
     }
 
@@ -237,18 +286,43 @@ impl Engine {
         self.conn.set_mode(Mode::Connected);
         self.set_peer_disk(DiskState::UpToDate);
         self.event("resync-finished", None, None, None);
-        self.event("connection", Some("SyncSource".into()), Some("Connected".into()), None);
+        self.event(
+            "connection",
+            Some("SyncSource".into()),
+            Some("Connected".into()),
+            None,
+        );
     }
 
     pub(super) fn on_rs_data(&mut self, frame_id: u64, offset: u64, payload: Vec<u8>) {
         let len = payload.len() as u64;
         let op = self.alloc_id();
         let session = self.conn.session().unwrap_or(0);
-        self.ops.insert(op, OpKind::ResyncWrite { session, frame_id, offset, len });
-        self.actions.push(Action::LocalWrite { op, offset, data: payload.into(), fua: false });
+        self.ops.insert(
+            op,
+            OpKind::ResyncWrite {
+                session,
+                frame_id,
+                offset,
+                len,
+            },
+        );
+        self.actions.push(Action::LocalWrite {
+            op,
+            offset,
+            data: payload.into(),
+            fua: false,
+        });
     }
 
-    pub(super) fn resync_write_done(&mut self, session: u64, frame_id: u64, offset: u64, len: u64, ok: bool) {
+    pub(super) fn resync_write_done(
+        &mut self,
+        session: u64,
+        frame_id: u64,
+        offset: u64,
+        len: u64,
+        ok: bool,
+    ) {
         if ok {
             self.bitmap.clear_range_full_blocks(offset, len);
             self.resynced_bytes += len;
@@ -271,7 +345,11 @@ impl Engine {
         } else {
             [old, self.uuids.history[0]]
         };
-        self.uuids = Uuids { current: source.current, bitmap: 0, history };
+        self.uuids = Uuids {
+            current: source.current,
+            bitmap: 0,
+            history,
+        };
         self.bitmap.clear_all();
         self.crashed_primary = false;
         self.actions.push(Action::PersistBitmap);
@@ -280,7 +358,12 @@ impl Engine {
         self.conn.set_mode(Mode::Connected);
         info!(resource = %self.cfg.resource, peer = %self.cfg.peer, "resync finished as target; data UpToDate");
         self.event("resync-finished", None, None, None);
-        self.event("connection", Some("SyncTarget".into()), Some("Connected".into()), None);
+        self.event(
+            "connection",
+            Some("SyncTarget".into()),
+            Some("Connected".into()),
+            None,
+        );
     }
 
     /// (progress 0..1, rate bytes/s, eta s) of the running resync or verify.

@@ -176,7 +176,10 @@ impl Conn {
 impl Engine {
     pub(super) fn on_peer_connected(&mut self, session: u64, _features: u64) {
         if matches!(self.conn, Conn::StandAlone { .. }) {
-            self.actions.push(Action::CloseSession { session, reason: "StandAlone: not accepting a session".into() });
+            self.actions.push(Action::CloseSession {
+                session,
+                reason: "StandAlone: not accepting a session".into(),
+            });
             return;
         }
         if self.conn.session().is_some() {
@@ -199,7 +202,11 @@ impl Engine {
             let last = end == words.len();
             self.send(
                 0,
-                Message::BitmapChunk { first_word: first as u64, words: words[first..end].to_vec(), last },
+                Message::BitmapChunk {
+                    first_word: first as u64,
+                    words: words[first..end].to_vec(),
+                    last,
+                },
             );
             if last {
                 break;
@@ -209,10 +216,16 @@ impl Engine {
     }
 
     pub(super) fn on_handshake_frame(&mut self, frame: hablock_proto::peer::Frame) {
-        let Conn::Handshake(h) = &mut self.conn else { return };
+        let Conn::Handshake(h) = &mut self.conn else {
+            return;
+        };
         match frame.msg {
             Message::State(st) => h.peer = Some(st),
-            Message::BitmapChunk { first_word, words, last } => {
+            Message::BitmapChunk {
+                first_word,
+                words,
+                last,
+            } => {
                 let Ok(first) = usize::try_from(first_word) else {
                     self.lose_session("protocol error: bitmap chunk out of range", false);
                     return;
@@ -230,7 +243,10 @@ impl Engine {
             }
             Message::Refuse { reason } => {
                 warn!(resource = %self.cfg.resource, peer = %self.cfg.peer, %reason, "peer refused the session");
-                self.refuse_standalone(&format!("peer refused: {reason}"), reason.contains("split brain"));
+                self.refuse_standalone(
+                    &format!("peer refused: {reason}"),
+                    reason.contains("split brain"),
+                );
                 return;
             }
             Message::Ping => {
@@ -240,7 +256,10 @@ impl Engine {
             Message::PingAck => return,
             other => {
                 let _ = other;
-                self.lose_session("protocol error: unexpected packet during the state exchange", false);
+                self.lose_session(
+                    "protocol error: unexpected packet during the state exchange",
+                    false,
+                );
                 return;
             }
         }
@@ -251,8 +270,15 @@ impl Engine {
     }
 
     fn conclude_handshake(&mut self) {
-        let Conn::Handshake(h) = std::mem::replace(&mut self.conn, Conn::Connecting) else { return };
-        let Handshake { session, peer_words, peer, .. } = *h;
+        let Conn::Handshake(h) = std::mem::replace(&mut self.conn, Conn::Connecting) else {
+            return;
+        };
+        let Handshake {
+            session,
+            peer_words,
+            peer,
+            ..
+        } = *h;
         let Some(peer) = peer else { return };
         // Restore the session while deciding, so actions go to it.
         self.conn = Conn::Handshake(Box::new(Handshake {
@@ -319,7 +345,12 @@ impl Engine {
                     peer_disk: peer.disk,
                     mode: Mode::Connected,
                 }));
-                self.event("connection", Some("Connecting".into()), Some("Connected".into()), None);
+                self.event(
+                    "connection",
+                    Some("Connecting".into()),
+                    Some("Connected".into()),
+                    None,
+                );
                 self.event("peer-role", None, Some(peer.role.to_string()), None);
                 match d {
                     Decision::Source(scope) => {
@@ -361,26 +392,45 @@ impl Engine {
     /// The peer refused, or we did: no reconnection until the operator says so.
     pub(super) fn refuse_standalone(&mut self, reason: &str, split_brain: bool) {
         if let Some(_s) = self.conn.session() {
-            self.send(0, Message::Refuse { reason: reason.to_string() });
+            self.send(
+                0,
+                Message::Refuse {
+                    reason: reason.to_string(),
+                },
+            );
         }
         self.lose_session(reason, true);
         if split_brain {
             self.split_brain = true;
         }
-        self.set_conn(Conn::StandAlone { reason: Some(reason.to_string()) });
+        self.set_conn(Conn::StandAlone {
+            reason: Some(reason.to_string()),
+        });
     }
 
     pub(super) fn on_peer_state_update(&mut self, st: NodeState) {
-        let Conn::Established(e) = &mut self.conn else { return };
+        let Conn::Established(e) = &mut self.conn else {
+            return;
+        };
         let (old_role, old_disk) = (e.peer_role, e.peer_disk);
         e.peer_role = st.role;
         e.peer_disk = st.disk;
         if old_role != st.role {
             info!(resource = %self.cfg.resource, peer = %self.cfg.peer, old = %old_role, new = %st.role, "peer role change");
-            self.event("peer-role", Some(old_role.to_string()), Some(st.role.to_string()), None);
+            self.event(
+                "peer-role",
+                Some(old_role.to_string()),
+                Some(st.role.to_string()),
+                None,
+            );
         }
         if old_disk != st.disk {
-            self.event("peer-disk", Some(old_disk.to_string()), Some(st.disk.to_string()), None);
+            self.event(
+                "peer-disk",
+                Some(old_disk.to_string()),
+                Some(st.disk.to_string()),
+                None,
+            );
         }
     }
 
@@ -389,7 +439,12 @@ impl Engine {
             if e.peer_disk != disk {
                 let old = e.peer_disk;
                 e.peer_disk = disk;
-                self.event("peer-disk", Some(old.to_string()), Some(disk.to_string()), None);
+                self.event(
+                    "peer-disk",
+                    Some(old.to_string()),
+                    Some(disk.to_string()),
+                    None,
+                );
             }
         }
     }
@@ -404,11 +459,16 @@ impl Engine {
             return;
         };
         warn!(resource = %self.cfg.resource, peer = %self.cfg.peer, %reason, "connection to peer lost");
-        self.actions.push(Action::CloseSession { session, reason: reason.to_string() });
+        self.actions.push(Action::CloseSession {
+            session,
+            reason: reason.to_string(),
+        });
         let was_established = self.conn.is_established();
         let (old_peer_role, _) = self.conn.peer_roles();
         self.set_conn(if standalone {
-            Conn::StandAlone { reason: Some(reason.to_string()) }
+            Conn::StandAlone {
+                reason: Some(reason.to_string()),
+            }
         } else {
             Conn::Connecting
         });
@@ -416,7 +476,12 @@ impl Engine {
             self.actions.push(Action::WantConnection(false));
         }
         if old_peer_role != Role::Unknown {
-            self.event("peer-role", Some(old_peer_role.to_string()), Some("Unknown".into()), None);
+            self.event(
+                "peer-role",
+                Some(old_peer_role.to_string()),
+                Some("Unknown".into()),
+                None,
+            );
         }
         self.stop_resync();
         self.stop_verify();
@@ -424,7 +489,12 @@ impl Engine {
             return;
         }
         // The generation changes before any write completes without the peer.
-        let pending: Vec<u64> = self.writes.iter().filter(|(_, w)| w.peer_pending).map(|(id, _)| *id).collect();
+        let pending: Vec<u64> = self
+            .writes
+            .iter()
+            .filter(|(_, w)| w.peer_pending)
+            .map(|(id, _)| *id)
+            .collect();
         if !pending.is_empty() {
             self.begin_divergence();
         }

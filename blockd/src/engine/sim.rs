@@ -64,7 +64,12 @@ fn fresh_persisted() -> Persisted {
     let mut bitmap = Bitmap::new(SIZE / BLOCK_BYTES);
     bitmap.set_all();
     Persisted {
-        state: PersistedState { uuids: Uuids::default(), disk: DiskState::Inconsistent, primary: false, primary_since_ms: 0 },
+        state: PersistedState {
+            uuids: Uuids::default(),
+            disk: DiskState::Inconsistent,
+            primary: false,
+            primary_since_ms: 0,
+        },
         bitmap,
         al: Vec::new(),
     }
@@ -73,7 +78,13 @@ fn fresh_persisted() -> Persisted {
 impl Node {
     fn new(name: &'static str, peer: &'static str, policy: SplitBrainPolicy, seed: u64) -> Node {
         let p = fresh_persisted();
-        let engine = Engine::new(cfg(name, peer, policy), p.state, p.bitmap.clone(), &p.al, seed);
+        let engine = Engine::new(
+            cfg(name, peer, policy),
+            p.state,
+            p.bitmap.clone(),
+            &p.al,
+            seed,
+        );
         let mut n = Node {
             name,
             engine,
@@ -117,7 +128,10 @@ impl Cluster {
     }
 
     fn t(&self) -> Now {
-        Now { mono_ms: self.now, wall_ms: 1_000_000 + self.now }
+        Now {
+            mono_ms: self.now,
+            wall_ms: 1_000_000 + self.now,
+        }
     }
 
     fn node(&mut self, which: char) -> &mut Node {
@@ -132,7 +146,11 @@ impl Cluster {
     /// recorded.
     fn collect(&mut self, which: char) {
         let connected = self.connected;
-        let (node, out) = if which == 'a' { (&mut self.a, &mut self.ab) } else { (&mut self.b, &mut self.ba) };
+        let (node, out) = if which == 'a' {
+            (&mut self.a, &mut self.ab)
+        } else {
+            (&mut self.b, &mut self.ba)
+        };
         let mut close = false;
         for act in node.engine.take_actions() {
             match act {
@@ -167,11 +185,17 @@ impl Cluster {
             return;
         }
         self.connected = false;
-        let (to, q) = if closer == 'a' { ('b', std::mem::take(&mut self.ab)) } else { ('a', std::mem::take(&mut self.ba)) };
+        let (to, q) = if closer == 'a' {
+            ('b', std::mem::take(&mut self.ab))
+        } else {
+            ('a', std::mem::take(&mut self.ba))
+        };
         let t = self.t();
         let s = self.session;
         for frame in q {
-            self.node(to).engine.handle(t, Input::PeerFrame { session: s, frame });
+            self.node(to)
+                .engine
+                .handle(t, Input::PeerFrame { session: s, frame });
             self.collect(to);
         }
         self.connected = true;
@@ -189,7 +213,13 @@ impl Cluster {
         let s = self.session;
         let t = self.t();
         for w in ['a', 'b'] {
-            self.node(w).engine.handle(t, Input::PeerLost { session: s, reason: "closed".into() });
+            self.node(w).engine.handle(
+                t,
+                Input::PeerLost {
+                    session: s,
+                    reason: "closed".into(),
+                },
+            );
         }
         self.collect('a');
         self.collect('b');
@@ -203,9 +233,21 @@ impl Cluster {
         self.connected = true;
         let t = self.t();
         let s = self.session;
-        self.a.engine.handle(t, Input::PeerConnected { session: s, features: 0 });
+        self.a.engine.handle(
+            t,
+            Input::PeerConnected {
+                session: s,
+                features: 0,
+            },
+        );
         self.collect('a');
-        self.b.engine.handle(t, Input::PeerConnected { session: s, features: 0 });
+        self.b.engine.handle(
+            t,
+            Input::PeerConnected {
+                session: s,
+                features: 0,
+            },
+        );
         self.collect('b');
     }
 
@@ -213,18 +255,24 @@ impl Cluster {
     fn complete_io(&mut self, which: char) -> bool {
         let t = self.t();
         let node = self.node(which);
-        let Some(act) = node.pending_io.pop_front() else { return false };
+        let Some(act) = node.pending_io.pop_front() else {
+            return false;
+        };
         let (op, outcome) = match act {
             Action::LocalRead { op, offset, len } => {
                 let o = offset as usize;
                 (op, IoOutcome::Data(node.disk[o..o + len as usize].to_vec()))
             }
-            Action::LocalWrite { op, offset, data, .. } => {
+            Action::LocalWrite {
+                op, offset, data, ..
+            } => {
                 let o = offset as usize;
                 node.disk[o..o + data.len()].copy_from_slice(&data);
                 (op, IoOutcome::Done)
             }
-            Action::LocalTrim { op, offset, len, .. } => {
+            Action::LocalTrim {
+                op, offset, len, ..
+            } => {
                 let o = offset as usize;
                 node.disk[o..o + len as usize].fill(0);
                 (op, IoOutcome::Done)
@@ -241,11 +289,19 @@ impl Cluster {
         if !self.connected {
             return false;
         }
-        let q = if to == 'b' { &mut self.ab } else { &mut self.ba };
-        let Some(frame) = q.pop_front() else { return false };
+        let q = if to == 'b' {
+            &mut self.ab
+        } else {
+            &mut self.ba
+        };
+        let Some(frame) = q.pop_front() else {
+            return false;
+        };
         let t = self.t();
         let s = self.session;
-        self.node(to).engine.handle(t, Input::PeerFrame { session: s, frame });
+        self.node(to)
+            .engine
+            .handle(t, Input::PeerFrame { session: s, frame });
         self.collect(to);
         true
     }
@@ -266,7 +322,12 @@ impl Cluster {
                 self.collect('a');
                 self.b.engine.handle(t, Input::Tick);
                 self.collect('b');
-                if self.a.pending_io.is_empty() && self.b.pending_io.is_empty() && self.ab.is_empty() && self.ba.is_empty() && self.quiet() {
+                if self.a.pending_io.is_empty()
+                    && self.b.pending_io.is_empty()
+                    && self.ab.is_empty()
+                    && self.ba.is_empty()
+                    && self.quiet()
+                {
                     return;
                 }
             }
@@ -275,8 +336,18 @@ impl Cluster {
     }
 
     fn quiet(&self) -> bool {
-        let busy = |n: &Node| matches!(n.engine.conn.state(), ConnState::SyncSource | ConnState::SyncTarget | ConnState::VerifySource | ConnState::VerifyTarget);
-        !busy(&self.a) && !busy(&self.b) && (self.connected || !self.link_up || !self.a.want || !self.b.want)
+        let busy = |n: &Node| {
+            matches!(
+                n.engine.conn.state(),
+                ConnState::SyncSource
+                    | ConnState::SyncTarget
+                    | ConnState::VerifySource
+                    | ConnState::VerifyTarget
+            )
+        };
+        !busy(&self.a)
+            && !busy(&self.b)
+            && (self.connected || !self.link_up || !self.a.want || !self.b.want)
     }
 
     fn cmd(&mut self, which: char, cmd: Command) -> CommandResult {
@@ -290,18 +361,30 @@ impl Cluster {
         let req = self.next_req;
         self.next_req += 1;
         let t = self.t();
-        self.node(which).engine.handle(t, Input::Io { req, request });
+        self.node(which)
+            .engine
+            .handle(t, Input::Io { req, request });
         self.collect(which);
         req
     }
 
     fn write(&mut self, which: char, offset: u64, byte: u8, len: usize) -> ReqId {
-        self.submit(which, IoRequest::Write { offset, data: vec![byte; len].into(), fua: false })
+        self.submit(
+            which,
+            IoRequest::Write {
+                offset,
+                data: vec![byte; len].into(),
+                fua: false,
+            },
+        )
     }
 
     fn outcome(&self, which: char, req: ReqId) -> Option<IoOutcome> {
         let n = if which == 'a' { &self.a } else { &self.b };
-        n.completed.iter().find(|(r, _)| *r == req).map(|(_, o)| o.clone())
+        n.completed
+            .iter()
+            .find(|(r, _)| *r == req)
+            .map(|(_, o)| o.clone())
     }
 
     fn cut(&mut self) {
@@ -364,7 +447,11 @@ fn write_completes_only_after_both_nodes_have_it() {
     assert_eq!(c.outcome('a', req), None);
     assert!(c.deliver('b'));
     assert!(c.complete_io('b'));
-    assert_eq!(c.outcome('a', req), None, "the peer has written but the ack is on the wire");
+    assert_eq!(
+        c.outcome('a', req),
+        None,
+        "the peer has written but the ack is on the wire"
+    );
     assert!(c.deliver('a'));
     assert_eq!(c.outcome('a', req), Some(IoOutcome::Done));
     assert_eq!(&c.b.disk[8192..12288], &[0xab; 4096][..]);
@@ -395,10 +482,16 @@ fn overlapping_writes_keep_their_order_on_both_nodes() {
 fn primary_needs_force_while_peer_unknown_and_is_refused_while_peer_primary() {
     let mut c = Cluster::synced(default_policy());
     let r = c.cmd('b', Command::Primary { force: true });
-    assert!(matches!(r, CommandResult::Refused(ref m) if m.contains("Primary")), "{r:?}");
+    assert!(
+        matches!(r, CommandResult::Refused(ref m) if m.contains("Primary")),
+        "{r:?}"
+    );
     c.cut();
     let r = c.cmd('b', Command::Primary { force: false });
-    assert!(matches!(r, CommandResult::Refused(ref m) if m.contains("unknown")), "{r:?}");
+    assert!(
+        matches!(r, CommandResult::Refused(ref m) if m.contains("unknown")),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -475,8 +568,17 @@ fn primary_crash_peer_promoted_old_primary_becomes_target() {
     assert_eq!(c.outcome('b', r), Some(IoOutcome::Done));
     c.heal();
     c.settle();
-    assert_eq!(c.b.engine.conn.state(), ConnState::Connected, "{:?} {:?}", c.b.engine.status(), c.a.engine.status());
-    assert_eq!(c.a.disk, c.b.disk, "the crashed primary's stray write is overwritten");
+    assert_eq!(
+        c.b.engine.conn.state(),
+        ConnState::Connected,
+        "{:?} {:?}",
+        c.b.engine.status(),
+        c.a.engine.status()
+    );
+    assert_eq!(
+        c.a.disk, c.b.disk,
+        "the crashed primary's stray write is overwritten"
+    );
     assert_eq!(c.a.engine.disk, DiskState::UpToDate);
 }
 
@@ -510,7 +612,11 @@ fn split_brain_cluster(policy: SplitBrainPolicy, a_writes: u64, b_writes: u64) -
 }
 
 fn policy(p0: AfterSb0Pri, p1: AfterSb1Pri) -> SplitBrainPolicy {
-    SplitBrainPolicy { zero_primaries: p0, one_primary: p1, two_primaries: AfterSb2Pri::Disconnect }
+    SplitBrainPolicy {
+        zero_primaries: p0,
+        one_primary: p1,
+        two_primaries: AfterSb2Pri::Disconnect,
+    }
 }
 
 #[test]
@@ -525,8 +631,24 @@ fn split_brain_disconnect_policy_stays_standalone_until_operator_discards() {
     assert!(c.a.engine.status().split_brain && c.b.engine.status().split_brain);
     assert_ne!(c.a.disk, c.b.disk);
     // The operator picks b as the victim.
-    assert!(matches!(c.cmd('b', Command::Connect { discard_my_data: true }), CommandResult::Ok(_)));
-    assert!(matches!(c.cmd('a', Command::Connect { discard_my_data: false }), CommandResult::Ok(_)));
+    assert!(matches!(
+        c.cmd(
+            'b',
+            Command::Connect {
+                discard_my_data: true
+            }
+        ),
+        CommandResult::Ok(_)
+    ));
+    assert!(matches!(
+        c.cmd(
+            'a',
+            Command::Connect {
+                discard_my_data: false
+            }
+        ),
+        CommandResult::Ok(_)
+    ));
     c.settle();
     assert_eq!(c.a.disk, c.b.disk);
     assert_eq!(&c.b.disk[..4096], &[0xaa; 4096][..], "a's changes won");
@@ -535,7 +657,11 @@ fn split_brain_disconnect_policy_stays_standalone_until_operator_discards() {
 
 #[test]
 fn split_brain_discard_zero_changes() {
-    let mut c = split_brain_cluster(policy(AfterSb0Pri::DiscardZeroChanges, AfterSb1Pri::Disconnect), 3, 0);
+    let mut c = split_brain_cluster(
+        policy(AfterSb0Pri::DiscardZeroChanges, AfterSb1Pri::Disconnect),
+        3,
+        0,
+    );
     c.cmd('a', Command::Secondary);
     c.cmd('b', Command::Secondary);
     c.heal();
@@ -547,20 +673,36 @@ fn split_brain_discard_zero_changes() {
 
 #[test]
 fn split_brain_discard_least_changes() {
-    let mut c = split_brain_cluster(policy(AfterSb0Pri::DiscardLeastChanges, AfterSb1Pri::Disconnect), 1, 5);
+    let mut c = split_brain_cluster(
+        policy(AfterSb0Pri::DiscardLeastChanges, AfterSb1Pri::Disconnect),
+        1,
+        5,
+    );
     c.cmd('a', Command::Secondary);
     c.cmd('b', Command::Secondary);
     c.heal();
     c.settle();
     assert_eq!(c.a.disk, c.b.disk);
-    assert_eq!(&c.a.disk[100 * 4096..101 * 4096], &[0xbb; 4096][..], "b had more changes and wins");
-    assert_ne!(&c.a.disk[..4096], &[0xaa; 4096][..], "a's single change is discarded");
+    assert_eq!(
+        &c.a.disk[100 * 4096..101 * 4096],
+        &[0xbb; 4096][..],
+        "b had more changes and wins"
+    );
+    assert_ne!(
+        &c.a.disk[..4096],
+        &[0xaa; 4096][..],
+        "a's single change is discarded"
+    );
 }
 
 #[test]
 fn split_brain_discard_younger_and_older_primary() {
     // b became Primary later (younger).
-    let mut c = split_brain_cluster(policy(AfterSb0Pri::DiscardYoungerPrimary, AfterSb1Pri::Disconnect), 2, 2);
+    let mut c = split_brain_cluster(
+        policy(AfterSb0Pri::DiscardYoungerPrimary, AfterSb1Pri::Disconnect),
+        2,
+        2,
+    );
     c.cmd('a', Command::Secondary);
     c.cmd('b', Command::Secondary);
     c.heal();
@@ -568,7 +710,11 @@ fn split_brain_discard_younger_and_older_primary() {
     assert_eq!(c.a.disk, c.b.disk);
     assert_eq!(&c.b.disk[..4096], &[0xaa; 4096][..]);
 
-    let mut c = split_brain_cluster(policy(AfterSb0Pri::DiscardOlderPrimary, AfterSb1Pri::Disconnect), 2, 2);
+    let mut c = split_brain_cluster(
+        policy(AfterSb0Pri::DiscardOlderPrimary, AfterSb1Pri::Disconnect),
+        2,
+        2,
+    );
     c.cmd('a', Command::Secondary);
     c.cmd('b', Command::Secondary);
     c.heal();
@@ -579,7 +725,11 @@ fn split_brain_discard_younger_and_older_primary() {
 
 #[test]
 fn split_brain_one_primary_discard_secondary_and_consensus() {
-    let mut c = split_brain_cluster(policy(AfterSb0Pri::Disconnect, AfterSb1Pri::DiscardSecondary), 2, 3);
+    let mut c = split_brain_cluster(
+        policy(AfterSb0Pri::Disconnect, AfterSb1Pri::DiscardSecondary),
+        2,
+        3,
+    );
     c.cmd('a', Command::Secondary);
     c.heal();
     c.settle();
@@ -588,7 +738,11 @@ fn split_brain_one_primary_discard_secondary_and_consensus() {
     assert_eq!(&c.a.disk[100 * 4096..101 * 4096], &[0xbb; 4096][..]);
 
     // consensus with discard-least-changes: the secondary (a) has fewer changes: agree.
-    let mut c = split_brain_cluster(policy(AfterSb0Pri::DiscardLeastChanges, AfterSb1Pri::Consensus), 1, 3);
+    let mut c = split_brain_cluster(
+        policy(AfterSb0Pri::DiscardLeastChanges, AfterSb1Pri::Consensus),
+        1,
+        3,
+    );
     c.cmd('a', Command::Secondary);
     c.heal();
     c.settle();
@@ -596,7 +750,11 @@ fn split_brain_one_primary_discard_secondary_and_consensus() {
     assert_eq!(c.a.disk, c.b.disk);
 
     // consensus where the 0pri verdict would discard the Primary: disconnect.
-    let mut c = split_brain_cluster(policy(AfterSb0Pri::DiscardLeastChanges, AfterSb1Pri::Consensus), 5, 1);
+    let mut c = split_brain_cluster(
+        policy(AfterSb0Pri::DiscardLeastChanges, AfterSb1Pri::Consensus),
+        5,
+        1,
+    );
     c.cmd('a', Command::Secondary);
     c.heal();
     c.settle();
@@ -606,7 +764,14 @@ fn split_brain_one_primary_discard_secondary_and_consensus() {
 
 #[test]
 fn split_brain_two_primaries_disconnect() {
-    let mut c = split_brain_cluster(policy(AfterSb0Pri::DiscardZeroChanges, AfterSb1Pri::DiscardSecondary), 1, 1);
+    let mut c = split_brain_cluster(
+        policy(
+            AfterSb0Pri::DiscardZeroChanges,
+            AfterSb1Pri::DiscardSecondary,
+        ),
+        1,
+        1,
+    );
     c.heal();
     c.settle();
     assert_eq!(c.a.engine.conn.state(), ConnState::StandAlone);
@@ -625,12 +790,20 @@ fn verify_finds_and_resync_repairs_a_silent_difference() {
     assert_eq!(v.checked_bytes, SIZE);
     assert_eq!(c.b.engine.status().out_of_sync_bytes, 4096);
     c.cmd('a', Command::Disconnect);
-    c.cmd('a', Command::Connect { discard_my_data: false });
+    c.cmd(
+        'a',
+        Command::Connect {
+            discard_my_data: false,
+        },
+    );
     c.settle();
     assert_eq!(c.a.disk, c.b.disk);
     c.cmd('b', Command::Verify);
     c.settle();
-    assert_eq!(c.a.engine.status().last_verify.unwrap().out_of_sync_bytes, 0);
+    assert_eq!(
+        c.a.engine.status().last_verify.unwrap().out_of_sync_bytes,
+        0
+    );
 }
 
 #[test]
@@ -659,8 +832,14 @@ fn writes_during_resync_stay_correct() {
 fn invalidate_resyncs_everything_from_the_peer() {
     let mut c = Cluster::synced(default_policy());
     c.b.disk[100] ^= 1;
-    assert!(matches!(c.cmd('a', Command::Invalidate), CommandResult::Refused(_)));
-    assert!(matches!(c.cmd('b', Command::Invalidate), CommandResult::Ok(_)));
+    assert!(matches!(
+        c.cmd('a', Command::Invalidate),
+        CommandResult::Refused(_)
+    ));
+    assert!(matches!(
+        c.cmd('b', Command::Invalidate),
+        CommandResult::Ok(_)
+    ));
     c.settle();
     assert_eq!(c.a.disk, c.b.disk);
     assert_eq!(c.b.engine.disk, DiskState::UpToDate);
@@ -673,7 +852,14 @@ fn corrupt_data_packet_is_resent() {
     let frame = c.ab.pop_front().unwrap();
     let t = c.t();
     let s = c.session;
-    c.b.engine.handle(t, Input::PeerCorrupt { session: s, kind: hablock_proto::peer::kind_of(&frame.msg), id: frame.id });
+    c.b.engine.handle(
+        t,
+        Input::PeerCorrupt {
+            session: s,
+            kind: hablock_proto::peer::kind_of(&frame.msg),
+            id: frame.id,
+        },
+    );
     c.collect('b');
     c.settle();
     assert_eq!(c.outcome('a', req), Some(IoOutcome::Done));
@@ -750,7 +936,12 @@ mod random {
         }
 
         fn lose_inflight_of(&mut self, node: char) {
-            let lost: Vec<ReqId> = self.inflight.iter().filter(|(_, (n, _, _))| *n == node).map(|(r, _)| *r).collect();
+            let lost: Vec<ReqId> = self
+                .inflight
+                .iter()
+                .filter(|(_, (n, _, _))| *n == node)
+                .map(|(r, _)| *r)
+                .collect();
             for r in lost {
                 if let Some((_, block, _)) = self.inflight.remove(&r) {
                     self.known.insert(block, None);
@@ -779,7 +970,11 @@ mod random {
 
     fn run(ops: Vec<Op>) {
         let mut c = Cluster::synced(default_policy());
-        let mut m = Model { known: HashMap::new(), inflight: HashMap::new(), next_val: 1 };
+        let mut m = Model {
+            known: HashMap::new(),
+            inflight: HashMap::new(),
+            next_val: 1,
+        };
         for op in ops {
             match op {
                 Op::Write(block) => {
@@ -809,7 +1004,12 @@ mod random {
                             c.crash(p);
                             m.lose_inflight_of(p);
                             let r = c.cmd(other, Command::Primary { force: true });
-                            assert!(matches!(r, CommandResult::Ok(_)), "{r:?} {:?} {}", c.node(other).engine.status(), c.connected);
+                            assert!(
+                                matches!(r, CommandResult::Ok(_)),
+                                "{r:?} {:?} {}",
+                                c.node(other).engine.status(),
+                                c.connected
+                            );
                         }
                     }
                 }
@@ -826,7 +1026,10 @@ mod random {
                             m.absorb(&mut c);
                             let other = if p == 'a' { 'b' } else { 'a' };
                             if healthy(&c) {
-                                assert!(matches!(c.cmd(p, Command::Secondary), CommandResult::Ok(_)));
+                                assert!(matches!(
+                                    c.cmd(p, Command::Secondary),
+                                    CommandResult::Ok(_)
+                                ));
                                 // The peer learns of the demotion from the state update.
                                 c.settle();
                                 let r = c.cmd(other, Command::Primary { force: false });
@@ -842,15 +1045,26 @@ mod random {
         c.heal();
         c.settle();
         m.absorb(&mut c);
-        assert!(m.inflight.is_empty(), "every request completes once the cluster settles");
-        assert!(healthy(&c), "a: {:?}\nb: {:?}", c.a.engine.status(), c.b.engine.status());
+        assert!(
+            m.inflight.is_empty(),
+            "every request completes once the cluster settles"
+        );
+        assert!(
+            healthy(&c),
+            "a: {:?}\nb: {:?}",
+            c.a.engine.status(),
+            c.b.engine.status()
+        );
         assert_eq!(c.a.disk, c.b.disk, "the copies converge");
         let p = primary(&c).expect("a primary");
         let disk = if p == 'a' { &c.a.disk } else { &c.b.disk };
         for (block, val) in &m.known {
             if let Some(v) = val {
                 let o = (*block * BLOCK_BYTES) as usize;
-                assert!(disk[o..o + BLOCK_BYTES as usize].iter().all(|b| b == v), "acknowledged write to block {block} lost");
+                assert!(
+                    disk[o..o + BLOCK_BYTES as usize].iter().all(|b| b == v),
+                    "acknowledged write to block {block} lost"
+                );
             }
         }
     }

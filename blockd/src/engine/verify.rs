@@ -43,14 +43,18 @@ struct VChunk {
 
 /// CRC32C of each [`VERIFY_BLOCK`] of `data`.
 pub(super) fn block_checksums(data: &[u8]) -> Vec<u32> {
-    data.chunks(VERIFY_BLOCK as usize).map(crc32c::crc32c).collect()
+    data.chunks(VERIFY_BLOCK as usize)
+        .map(crc32c::crc32c)
+        .collect()
 }
 
 impl Engine {
     pub(super) fn cmd_verify(&mut self) -> CommandResult {
         match self.conn.mode() {
             Some(Mode::Connected) => {}
-            Some(m) => return CommandResult::Refused(format!("busy ({m:?}); retry when Connected")),
+            Some(m) => {
+                return CommandResult::Refused(format!("busy ({m:?}); retry when Connected"))
+            }
             None => {
                 return CommandResult::Refused(format!(
                     "not connected to {} ({}); verify compares both copies",
@@ -62,11 +66,19 @@ impl Engine {
         let (peer_role, _) = self.conn.peer_roles();
         if self.role != Role::Primary && peer_role == Role::Primary {
             self.send(0, Message::VerifyStart);
-            return CommandResult::Ok(vec![format!("verify runs on {}, the Primary", self.cfg.peer)]);
+            return CommandResult::Ok(vec![format!(
+                "verify runs on {}, the Primary",
+                self.cfg.peer
+            )]);
         }
         info!(resource = %self.cfg.resource, peer = %self.cfg.peer, "online verify started");
         self.conn.set_mode(Mode::VerifySource);
-        self.event("connection", Some("Connected".into()), Some("VerifySource".into()), None);
+        self.event(
+            "connection",
+            Some("Connected".into()),
+            Some("VerifySource".into()),
+            None,
+        );
         self.verify = Some(Verify {
             cursor: 0,
             checked: 0,
@@ -117,24 +129,46 @@ impl Engine {
             let offset = v.cursor;
             let len = CHUNK_BYTES.min(size - offset);
             let id = self.alloc_id();
-            if !self.locks.try_acquire(LockOwner::Verify(id), Range::new(offset, len)) {
+            if !self
+                .locks
+                .try_acquire(LockOwner::Verify(id), Range::new(offset, len))
+            {
                 // A write holds it; retry on the next input.
                 return;
             }
             let Some(v) = &mut self.verify else { return };
             v.cursor += len;
             v.tokens -= len as f64;
-            v.inflight.insert(id, VChunk { offset, len, ..Default::default() });
+            v.inflight.insert(
+                id,
+                VChunk {
+                    offset,
+                    len,
+                    ..Default::default()
+                },
+            );
             self.ops.insert(id, OpKind::VerifyRead { chunk: id });
             // A verify chunk is at most CHUNK_BYTES.
-            self.actions.push(super::Action::LocalRead { op: id, offset, len: len as u32 });
-            self.send(id, Message::VerifyReq { offset, len: len as u32 });
+            self.actions.push(super::Action::LocalRead {
+                op: id,
+                offset,
+                len: len as u32,
+            });
+            self.send(
+                id,
+                Message::VerifyReq {
+                    offset,
+                    len: len as u32,
+                },
+            );
         }
     }
 
     pub(super) fn verify_read_done(&mut self, chunk: u64, outcome: IoOutcome) {
         let Some(v) = &mut self.verify else { return };
-        let Some(c) = v.inflight.get_mut(&chunk) else { return };
+        let Some(c) = v.inflight.get_mut(&chunk) else {
+            return;
+        };
         c.local = Some(match outcome {
             IoOutcome::Data(d) => block_checksums(&d),
             // An unreadable local block cannot match anything.
@@ -145,18 +179,25 @@ impl Engine {
 
     pub(super) fn on_verify_reply(&mut self, id: u64, _offset: u64, checksums: Vec<u32>) {
         let Some(v) = &mut self.verify else { return };
-        let Some(c) = v.inflight.get_mut(&id) else { return };
+        let Some(c) = v.inflight.get_mut(&id) else {
+            return;
+        };
         c.remote = Some(checksums);
         self.verify_compare(id);
     }
 
     fn verify_compare(&mut self, id: u64) {
         let Some(v) = &mut self.verify else { return };
-        let ready = v.inflight.get(&id).is_some_and(|c| c.local.is_some() && c.remote.is_some());
+        let ready = v
+            .inflight
+            .get(&id)
+            .is_some_and(|c| c.local.is_some() && c.remote.is_some());
         if !ready {
             return;
         }
-        let Some(c) = v.inflight.remove(&id) else { return };
+        let Some(c) = v.inflight.remove(&id) else {
+            return;
+        };
         let (local, remote) = (c.local.unwrap_or_default(), c.remote.unwrap_or_default());
         let blocks = c.len.div_ceil(u64::from(VERIFY_BLOCK));
         let mut bad = Vec::new();
@@ -178,7 +219,10 @@ impl Engine {
 
     fn finish_verify(&mut self) {
         let Some(v) = self.verify.take() else { return };
-        let result = VerifyResult { checked_bytes: v.checked, out_of_sync_bytes: v.out_of_sync };
+        let result = VerifyResult {
+            checked_bytes: v.checked,
+            out_of_sync_bytes: v.out_of_sync,
+        };
         if v.out_of_sync > 0 {
             warn!(resource = %self.cfg.resource, peer = %self.cfg.peer, out_of_sync_bytes = v.out_of_sync,
                 "online verify found differences; they are marked and resync on the next connect");
@@ -186,41 +230,95 @@ impl Engine {
             info!(resource = %self.cfg.resource, peer = %self.cfg.peer, checked = v.checked, "online verify found no difference");
         }
         self.actions.push(super::Action::PersistBitmap);
-        self.send(0, Message::VerifyDone { out_of_sync_bytes: v.out_of_sync });
+        self.send(
+            0,
+            Message::VerifyDone {
+                out_of_sync_bytes: v.out_of_sync,
+            },
+        );
         self.last_verify = Some(result);
         self.conn.set_mode(Mode::Connected);
-        self.event("verify-finished", None, None, Some(format!("{} bytes out of sync", v.out_of_sync)));
-        self.event("connection", Some("VerifySource".into()), Some("Connected".into()), None);
+        self.event(
+            "verify-finished",
+            None,
+            None,
+            Some(format!("{} bytes out of sync", v.out_of_sync)),
+        );
+        self.event(
+            "connection",
+            Some("VerifySource".into()),
+            Some("Connected".into()),
+            None,
+        );
     }
 
     pub(super) fn on_verify_req(&mut self, frame_id: u64, offset: u64, len: u32) {
         if self.conn.mode() == Some(Mode::Connected) {
             self.conn.set_mode(Mode::VerifyTarget);
-            self.event("connection", Some("Connected".into()), Some("VerifyTarget".into()), None);
+            self.event(
+                "connection",
+                Some("Connected".into()),
+                Some("VerifyTarget".into()),
+                None,
+            );
         }
         let len = u64::from(len).min(self.size_bytes.saturating_sub(offset));
         let op = self.alloc_id();
         let session = self.conn.session().unwrap_or(0);
-        self.ops.insert(op, OpKind::VerifyAnswer { session, frame_id, offset });
+        self.ops.insert(
+            op,
+            OpKind::VerifyAnswer {
+                session,
+                frame_id,
+                offset,
+            },
+        );
         // Bounded by the u32 of the request.
-        self.actions.push(super::Action::LocalRead { op, offset, len: len as u32 });
+        self.actions.push(super::Action::LocalRead {
+            op,
+            offset,
+            len: len as u32,
+        });
     }
 
-    pub(super) fn verify_answer(&mut self, session: u64, frame_id: u64, offset: u64, outcome: IoOutcome) {
+    pub(super) fn verify_answer(
+        &mut self,
+        session: u64,
+        frame_id: u64,
+        offset: u64,
+        outcome: IoOutcome,
+    ) {
         let checksums = match outcome {
             IoOutcome::Data(d) => block_checksums(&d),
             _ => Vec::new(),
         };
-        self.send_on(session, frame_id, Message::VerifyReply { offset, checksums });
+        self.send_on(
+            session,
+            frame_id,
+            Message::VerifyReply { offset, checksums },
+        );
     }
 
     pub(super) fn on_verify_done(&mut self, out_of_sync_bytes: u64) {
-        self.last_verify = Some(VerifyResult { checked_bytes: self.size_bytes, out_of_sync_bytes });
+        self.last_verify = Some(VerifyResult {
+            checked_bytes: self.size_bytes,
+            out_of_sync_bytes,
+        });
         if self.conn.mode() == Some(Mode::VerifyTarget) {
             self.conn.set_mode(Mode::Connected);
-            self.event("connection", Some("VerifyTarget".into()), Some("Connected".into()), None);
+            self.event(
+                "connection",
+                Some("VerifyTarget".into()),
+                Some("Connected".into()),
+                None,
+            );
         }
         self.actions.push(super::Action::PersistBitmap);
-        self.event("verify-finished", None, None, Some(format!("{out_of_sync_bytes} bytes out of sync")));
+        self.event(
+            "verify-finished",
+            None,
+            None,
+            Some(format!("{out_of_sync_bytes} bytes out of sync")),
+        );
     }
 }

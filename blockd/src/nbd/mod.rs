@@ -23,13 +23,24 @@ pub trait NbdBackend: Send + Sync + 'static {
     /// Reads `len` bytes at `offset`.
     fn read(&self, offset: u64, len: u32) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
     /// Writes `data` at `offset`; durable first with `fua`.
-    fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> impl Future<Output = io::Result<()>> + Send;
+    fn write(
+        &self,
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+    ) -> impl Future<Output = io::Result<()>> + Send;
     /// Makes completed writes durable.
     fn flush(&self) -> impl Future<Output = io::Result<()>> + Send;
     /// Discards a range.
-    fn trim(&self, offset: u64, len: u64, fua: bool) -> impl Future<Output = io::Result<()>> + Send;
+    fn trim(&self, offset: u64, len: u64, fua: bool)
+        -> impl Future<Output = io::Result<()>> + Send;
     /// Writes zeroes over a range.
-    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> impl Future<Output = io::Result<()>> + Send;
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> impl Future<Output = io::Result<()>> + Send;
 }
 
 /// Errors that end a connection.
@@ -84,7 +95,11 @@ pub async fn serve_listener<B: NbdBackend>(
 }
 
 /// Serves one client connection until it disconnects.
-pub async fn serve_connection<B: NbdBackend, S>(stream: S, export: &str, backend: Arc<B>) -> Result<(), NbdError>
+pub async fn serve_connection<B: NbdBackend, S>(
+    stream: S,
+    export: &str,
+    backend: Arc<B>,
+) -> Result<(), NbdError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -121,7 +136,9 @@ where
     loop {
         let mut hdr = [0u8; proto::OPTION_LEN];
         rd.read_exact(&mut hdr).await?;
-        let Some((option, len)) = proto::parse_option(&hdr)? else { continue };
+        let Some((option, len)) = proto::parse_option(&hdr)? else {
+            continue;
+        };
         let mut data = vec![0u8; len as usize];
         rd.read_exact(&mut data).await?;
         match option {
@@ -139,32 +156,57 @@ where
                 return Ok(true);
             }
             opt::ABORT => {
-                wr.write_all(&proto::option_reply(option, rep::ACK, &[])).await?;
+                wr.write_all(&proto::option_reply(option, rep::ACK, &[]))
+                    .await?;
                 return Ok(false);
             }
             opt::LIST => {
                 let mut d = (export.len() as u32).to_be_bytes().to_vec();
                 d.extend_from_slice(export.as_bytes());
-                wr.write_all(&proto::option_reply(option, rep::SERVER, &d)).await?;
-                wr.write_all(&proto::option_reply(option, rep::ACK, &[])).await?;
+                wr.write_all(&proto::option_reply(option, rep::SERVER, &d))
+                    .await?;
+                wr.write_all(&proto::option_reply(option, rep::ACK, &[]))
+                    .await?;
             }
             opt::INFO | opt::GO => match proto::parse_go(&data) {
-                None => wr.write_all(&proto::option_reply(option, rep::ERR_INVALID, &[])).await?,
+                None => {
+                    wr.write_all(&proto::option_reply(option, rep::ERR_INVALID, &[]))
+                        .await?
+                }
                 Some(name) if !known(&name) => {
                     warn!(asked = %name, "client asked for an unknown export");
                     let msg = format!("no export {name:?}; this server exports {export:?}");
-                    wr.write_all(&proto::option_reply(option, rep::ERR_UNKNOWN, msg.as_bytes())).await?;
+                    wr.write_all(&proto::option_reply(
+                        option,
+                        rep::ERR_UNKNOWN,
+                        msg.as_bytes(),
+                    ))
+                    .await?;
                 }
                 Some(_) => {
-                    wr.write_all(&proto::option_reply(option, rep::INFO, &proto::info_export(size))).await?;
-                    wr.write_all(&proto::option_reply(option, rep::INFO, &proto::info_block_size())).await?;
-                    wr.write_all(&proto::option_reply(option, rep::ACK, &[])).await?;
+                    wr.write_all(&proto::option_reply(
+                        option,
+                        rep::INFO,
+                        &proto::info_export(size),
+                    ))
+                    .await?;
+                    wr.write_all(&proto::option_reply(
+                        option,
+                        rep::INFO,
+                        &proto::info_block_size(),
+                    ))
+                    .await?;
+                    wr.write_all(&proto::option_reply(option, rep::ACK, &[]))
+                        .await?;
                     if option == opt::GO {
                         return Ok(true);
                     }
                 }
             },
-            _ => wr.write_all(&proto::option_reply(option, rep::ERR_UNSUP, &[])).await?,
+            _ => {
+                wr.write_all(&proto::option_reply(option, rep::ERR_UNSUP, &[]))
+                    .await?
+            }
         }
     }
 }
@@ -203,7 +245,11 @@ where
             }
         };
         if let Err(e) = read {
-            break if e.kind() == io::ErrorKind::UnexpectedEof { Ok(()) } else { Err(e.into()) };
+            break if e.kind() == io::ErrorKind::UnexpectedEof {
+                Ok(())
+            } else {
+                Err(e.into())
+            };
         }
         let req = match proto::parse_request(&hdr) {
             Ok(Some(r)) => r,
@@ -230,7 +276,11 @@ where
                 }
                 let (b, tx) = (backend.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let e = b.write(req.offset, data, fua).await.err().map_or(0, |e| proto::wire_errno(errno(&e)));
+                    let e = b
+                        .write(req.offset, data, fua)
+                        .await
+                        .err()
+                        .map_or(0, |e| proto::wire_errno(errno(&e)));
                     let _ = tx.send((proto::simple_reply(req.cookie, e), None));
                 });
             }
@@ -243,7 +293,10 @@ where
                 tokio::spawn(async move {
                     let r = match b.read(req.offset, req.length).await {
                         Ok(d) => (proto::simple_reply(req.cookie, 0), Some(d)),
-                        Err(e) => (proto::simple_reply(req.cookie, proto::wire_errno(errno(&e))), None),
+                        Err(e) => (
+                            proto::simple_reply(req.cookie, proto::wire_errno(errno(&e))),
+                            None,
+                        ),
                     };
                     let _ = tx.send(r);
                 });
@@ -251,7 +304,11 @@ where
             Command::Flush => {
                 let (b, tx) = (backend.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let e = b.flush().await.err().map_or(0, |e| proto::wire_errno(errno(&e)));
+                    let e = b
+                        .flush()
+                        .await
+                        .err()
+                        .map_or(0, |e| proto::wire_errno(errno(&e)));
                     let _ = tx.send((proto::simple_reply(req.cookie, e), None));
                 });
             }

@@ -320,20 +320,33 @@ mod tests {
     fn golden_greeting_and_reply() {
         assert_eq!(
             greeting(),
-            [0x4e, 0x42, 0x44, 0x4d, 0x41, 0x47, 0x49, 0x43, 0x49, 0x48, 0x41, 0x56, 0x45, 0x4f, 0x50, 0x54, 0x00, 0x03]
+            [
+                0x4e, 0x42, 0x44, 0x4d, 0x41, 0x47, 0x49, 0x43, 0x49, 0x48, 0x41, 0x56, 0x45, 0x4f,
+                0x50, 0x54, 0x00, 0x03
+            ]
         );
-        assert_eq!(simple_reply(0x0102030405060708, 5), [0x67, 0x44, 0x66, 0x98, 0, 0, 0, 5, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            simple_reply(0x0102030405060708, 5),
+            [0x67, 0x44, 0x66, 0x98, 0, 0, 0, 5, 1, 2, 3, 4, 5, 6, 7, 8]
+        );
     }
 
     #[test]
     fn golden_request() {
         let b = [
-            0x25, 0x60, 0x95, 0x13, 0x00, 0x01, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0x10, 0,
+            0x25, 0x60, 0x95, 0x13, 0x00, 0x01, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0,
+            0, 0x10, 0, 0, 0, 0x10, 0,
         ];
         let r = parse_request(&b).unwrap().unwrap();
         assert_eq!(
             r,
-            Request { flags: cmdflag::FUA, command: Command::Write, cookie: 9, offset: 4096, length: 4096 }
+            Request {
+                flags: cmdflag::FUA,
+                command: Command::Write,
+                cookie: 9,
+                offset: 4096,
+                length: 4096
+            }
         );
         assert_eq!(parse_request(&b[..27]), Ok(None));
         let mut bad = b;
