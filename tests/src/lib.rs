@@ -87,6 +87,8 @@ pub struct PairOptions {
     pub resync_rate: String,
     /// Extra lines appended to `[resources.r0]`.
     pub extra: String,
+    /// The slave's backing size, when it differs from `size_bytes`.
+    pub slave_size_bytes: Option<u64>,
 }
 
 impl Default for PairOptions {
@@ -97,6 +99,7 @@ impl Default for PairOptions {
             after_sb_1pri: "disconnect".into(),
             resync_rate: "1GiB".into(),
             extra: String::new(),
+            slave_size_bytes: None,
         }
     }
 }
@@ -132,7 +135,12 @@ impl Pair {
         fs::set_permissions(&secret, fs::Permissions::from_mode(0o600))?;
         for n in NODES {
             let f = fs::File::create(dir.path().join(format!("{n}.img")))?;
-            f.set_len(opts.size_bytes)?;
+            let size = if n == NODES[1] {
+                opts.slave_size_bytes.unwrap_or(opts.size_bytes)
+            } else {
+                opts.size_bytes
+            };
+            f.set_len(size)?;
             fs::create_dir_all(dir.path().join(format!("run-{n}")))?;
         }
         let d = dir.path().display();

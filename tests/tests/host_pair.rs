@@ -565,3 +565,106 @@ fn sigterm_is_a_clean_stop_and_restart_needs_no_resync() {
     qemu_io(&p.nbd_uri(MASTER), &["read -P 4 0 1M"]).unwrap();
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+/// nbdinfo, nbdcopy, qemu-img and fio's nbd engine all work against the export.
+#[test]
+fn standard_nbd_clients_work_against_the_export() {
+    for t in ["nbdinfo", "nbdcopy", "qemu-img"] {
+        require_tool(t);
+    }
+    let p = Pair::synced(PairOptions {
+        size_bytes: 32 << 20,
+        ..Default::default()
+    })
+    .unwrap();
+    let uri = p.nbd_uri(MASTER);
+    let info = run_ok(Command::new("nbdinfo").args(["--json", &uri])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let export = &v["exports"][0];
+    assert_eq!(export["export-name"], "r0");
+    assert_eq!(
+        export["export-size"],
+        p.status(MASTER).unwrap()["size_bytes"]
+    );
+    assert_eq!(export["can_flush"], true);
+    assert_eq!(export["can_fua"], true);
+    assert_eq!(export["can_trim"], true);
+    assert_eq!(export["can_zero"], true);
+    // nbdcopy a file in and back out.
+    let src = p.dir.path().join("src.bin");
+    let data: Vec<u8> = (0..(8u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    run_ok(Command::new("nbdcopy").arg(&src).arg(&uri)).unwrap();
+    let dst = p.dir.path().join("dst.bin");
+    run_ok(Command::new("nbdcopy").arg(&uri).arg(&dst)).unwrap();
+    let back = std::fs::read(&dst).unwrap();
+    assert_eq!(&back[..data.len()], &data[..]);
+    // qemu-img bench issues flushes and writes with its own client.
+    run_ok(Command::new("qemu-img").args([
+        "bench", "-w", "-c", "2000", "-d", "8", "-s", "4k", "-f", "raw", &uri,
+    ]))
+    .unwrap();
+    // And the peer holds the same bytes: verify finds nothing.
+    p.blockctl_ok(MASTER, &["verify", "--wait", "r0"]).unwrap();
+    assert_eq!(
+        p.status(MASTER).unwrap()["last_verify"]["out_of_sync_bytes"],
+        0
+    );
+}
+
+/// Backing devices of different sizes: the smaller one wins, and both say so.
+#[test]
+fn different_sizes_use_the_smaller() {
+    let p = Pair::started(PairOptions {
+        size_bytes: 32 << 20,
+        slave_size_bytes: Some(24 << 20),
+        ..Default::default()
+    })
+    .unwrap();
+    let m = p.status(MASTER).unwrap();
+    let s = p.status(SLAVE).unwrap();
+    assert_eq!(m["size_bytes"], s["size_bytes"]);
+    assert!(m["size_bytes"].as_u64().unwrap() < 24 << 20);
+    assert!(std::fs::read_to_string(p.log(MASTER))
+        .unwrap()
+        .contains("using the smaller"));
+}
+
+/// Two nodes initialised separately hold unrelated data: the connection is refused.
+#[test]
+fn unrelated_data_is_refused() {
+    let mut p = Pair::new(PairOptions {
+        size_bytes: 16 << 20,
+        ..Default::default()
+    })
+    .unwrap();
+    for n in NODES {
+        p.blockctl_ok(n, &["create-md", "r0"]).unwrap();
+        p.start(n).unwrap();
+        p.blockctl_ok(n, &["disconnect", "r0"]).unwrap();
+        p.blockctl_ok(n, &["primary", "--force", "r0"]).unwrap();
+        p.blockctl_ok(n, &["secondary", "r0"]).unwrap();
+    }
+    for n in NODES {
+        p.blockctl_ok(n, &["connect", "r0"]).unwrap();
+    }
+    for n in NODES {
+        let s = p
+            .wait_for(n, "refusal", |s| s["connection"] == "StandAlone")
+            .unwrap();
+        assert!(
+            s["standalone_reason"]
+                .as_str()
+                .unwrap()
+                .contains("unrelated data"),
+            "{s}"
+        );
+        assert_eq!(s["split_brain"], false);
+    }
+    assert!(std::fs::read_to_string(p.log(MASTER))
+        .unwrap()
+        .contains("unrelated data"));
+    p.stop(MASTER).unwrap();
+}
