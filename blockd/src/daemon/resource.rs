@@ -185,6 +185,9 @@ impl ResourceTask {
         let mut session: Option<Session> = None;
         let mut export: Option<NbdExport> = None;
         let mut shutdown_done: Option<oneshot::Sender<()>> = None;
+        // Role changes answered once the peer has seen them (or after a grace period).
+        let mut awaiting_peer: Vec<(oneshot::Sender<CommandResult>, CommandResult, Instant)> =
+            Vec::new();
         self.execute(&mut pending, &mut session, &mut export);
         loop {
             tokio::select! {
@@ -202,8 +205,13 @@ impl ResourceTask {
                             self.engine.handle(now(start), Input::Io { req, request });
                         }
                         ResourceMsg::Command { cmd, reply } => {
+                            let role_change = matches!(cmd, Command::Primary { .. } | Command::Secondary);
                             let r = self.command(now(start), cmd, &export);
-                            let _ = reply.send(r);
+                            if role_change && !self.engine.peer_knows_state() {
+                                awaiting_peer.push((reply, r, Instant::now() + Duration::from_secs(2)));
+                            } else {
+                                let _ = reply.send(r);
+                            }
                         }
                         ResourceMsg::Status { reply } => {
                             let mut st = self.engine.status();
@@ -229,6 +237,17 @@ impl ResourceTask {
                 }
             }
             self.execute(&mut pending, &mut session, &mut export);
+            if !awaiting_peer.is_empty() {
+                let known = self.engine.peer_knows_state();
+                let now = Instant::now();
+                let (ready, wait): (Vec<_>, Vec<_>) = awaiting_peer
+                    .drain(..)
+                    .partition(|(_, _, deadline)| known || now >= *deadline);
+                awaiting_peer = wait;
+                for (reply, r, _) in ready {
+                    let _ = reply.send(r);
+                }
+            }
             if shutdown_done.is_some() {
                 break;
             }

@@ -401,6 +401,8 @@ pub struct Engine {
     resynced_bytes: u64,
     last_verify: Option<VerifyResult>,
     resync: Option<resync::Resync>,
+    /// The ping that follows our last announced state change, until answered.
+    state_sync: Option<u64>,
     meter: resync::RateMeter,
     verify: Option<verify::Verify>,
     actions: Vec<Action>,
@@ -453,6 +455,7 @@ impl Engine {
             resynced_bytes: 0,
             last_verify: None,
             resync: None,
+            state_sync: None,
             meter: resync::RateMeter::default(),
             verify: None,
             actions: Vec::new(),
@@ -675,6 +678,23 @@ impl Engine {
             primary_since_ms: self.primary_since_ms,
             discard_my_data: self.discard_my_data,
         }
+    }
+
+    /// Sends our state followed by a ping: its answer tells that the peer has
+    /// processed the state (the link is ordered and the peer handles frames in order).
+    fn announce_state(&mut self) {
+        let st = self.my_state();
+        self.send(0, Message::State(st));
+        let id = self.alloc_id();
+        self.send(id, Message::Ping);
+        self.state_sync = Some(id);
+    }
+
+    /// Whether the peer has seen our last role change (always true without a peer).
+    /// The daemon answers `primary`/`secondary` only then, so that a promotion on the
+    /// other node right after a demotion here is never refused.
+    pub fn peer_knows_state(&self) -> bool {
+        self.state_sync.is_none() || !self.conn.is_established()
     }
 
     fn send(&mut self, id: u64, msg: Message) {
@@ -1087,8 +1107,12 @@ impl Engine {
                     self.finish_flush_if_done(id);
                 }
             }
-            Message::Ping => self.send(0, Message::PingAck),
-            Message::PingAck => {}
+            Message::Ping => self.send(id, Message::PingAck),
+            Message::PingAck => {
+                if self.state_sync == Some(id) {
+                    self.state_sync = None;
+                }
+            }
             Message::State(st) => self.on_peer_state_update(st),
             Message::RsData { offset, payload } => self.on_rs_data(id, offset, payload),
             Message::RsAck => self.on_rs_ack(id),
@@ -1240,8 +1264,7 @@ impl Engine {
         if renegotiate {
             self.lose_session("renegotiating after a forced promotion", false);
         } else if self.conn.is_established() {
-            let st = self.my_state();
-            self.send(0, Message::State(st));
+            self.announce_state();
         }
         CommandResult::Ok(warnings)
     }
@@ -1260,8 +1283,7 @@ impl Engine {
         self.actions.push(Action::PersistBitmap);
         self.persist_superblock();
         if self.conn.is_established() {
-            let st = self.my_state();
-            self.send(0, Message::State(st));
+            self.announce_state();
         }
         CommandResult::Ok(vec![])
     }

@@ -250,7 +250,7 @@ impl Engine {
                 return;
             }
             Message::Ping => {
-                self.send(0, Message::PingAck);
+                self.send(frame.id, Message::PingAck);
                 return;
             }
             Message::PingAck => return,

@@ -458,6 +458,27 @@ fn write_completes_only_after_both_nodes_have_it() {
 }
 
 #[test]
+fn demotion_is_confirmed_once_the_peer_has_seen_it() {
+    let mut c = Cluster::synced(default_policy());
+    assert!(matches!(
+        c.cmd('a', Command::Secondary),
+        CommandResult::Ok(_)
+    ));
+    assert!(
+        !c.a.engine.peer_knows_state(),
+        "the daemon must wait before answering"
+    );
+    assert!(c.deliver('b')); // State
+    assert!(c.deliver('b')); // Ping
+    assert!(c.deliver('a')); // PingAck
+    assert!(c.a.engine.peer_knows_state());
+    assert!(matches!(
+        c.cmd('b', Command::Primary { force: false }),
+        CommandResult::Ok(_)
+    ));
+}
+
+#[test]
 fn secondary_serves_no_io() {
     let mut c = Cluster::synced(default_policy());
     let req = c.write('b', 0, 1, 512);
