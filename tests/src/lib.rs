@@ -58,18 +58,24 @@ pub fn require_tool(name: &str) {
     );
 }
 
-static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+static NEXT_PAIR: AtomicU16 = AtomicU16::new(0);
 
-/// A replication port no other test of this run uses.
-fn free_port() -> u16 {
-    if NEXT_PORT.load(Ordering::SeqCst) == 0 {
-        let base = 20000 + (std::process::id() % 2000) as u16 * 10;
-        let _ = NEXT_PORT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
-    }
+/// Loopback addresses and a port no other pair uses: each pair gets its own
+/// `127.A.B.1` / `127.A.B.2` (A from the process id, B a counter) and a port the
+/// kernel picked, so concurrent test runs never reach each other's daemons.
+fn pair_addresses() -> (String, String, u16) {
+    let a = (std::process::id() % 250) as u16 + 1;
+    let b = NEXT_PAIR.fetch_add(1, Ordering::SeqCst) % 250 + 1;
+    let master = format!("127.{a}.{b}.1");
+    let slave = format!("127.{a}.{b}.2");
     loop {
-        let p = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
+        let port = std::net::TcpListener::bind((slave.as_str(), 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        if port != 0 && port < 60000 && std::net::TcpListener::bind((master.as_str(), port)).is_ok()
+        {
+            return (master, slave, port);
         }
     }
 }
@@ -112,6 +118,8 @@ pub struct Pair {
     pub config: PathBuf,
     /// The replication port.
     pub port: u16,
+    /// The slave's address (it listens; the master dials).
+    pub slave_addr: String,
     procs: [Option<Child>; 2],
 }
 
@@ -129,9 +137,18 @@ impl Pair {
         let dir = tempfile::Builder::new()
             .prefix("hablock-test-")
             .tempdir_in("/var/tmp")?;
-        let port = free_port();
+        let (master_addr, slave_addr, port) = pair_addresses();
         let secret = dir.path().join("secret");
-        fs::write(&secret, format!("test-secret-{}\n", port))?;
+        let random: u64 = fs::read("/proc/sys/kernel/random/uuid")
+            .map(|b| {
+                b.iter()
+                    .fold(0u64, |h, x| h.wrapping_mul(31).wrapping_add(u64::from(*x)))
+            })
+            .unwrap_or(0);
+        fs::write(
+            &secret,
+            format!("test-secret-{random:x}-{}\n", std::process::id()),
+        )?;
         fs::set_permissions(&secret, fs::Permissions::from_mode(0o600))?;
         for n in NODES {
             let f = fs::File::create(dir.path().join(format!("{n}.img")))?;
@@ -151,12 +168,12 @@ name = "test"
 secret_file = "{d}/secret"
 
 [nodes.master]
-address = "127.0.0.1"
-heartbeat = ["127.0.0.1"]
+address = "{master_addr}"
+heartbeat = ["{master_addr}"]
 
 [nodes.slave]
-address = "127.0.0.2"
-heartbeat = ["127.0.0.2"]
+address = "{slave_addr}"
+heartbeat = ["{slave_addr}"]
 
 [heartbeat]
 port = {hb}
@@ -177,7 +194,7 @@ verify_alg = "crc32c"
 after_sb_0pri = "{p0}"
 after_sb_1pri = "{p1}"
 after_sb_2pri = "disconnect"
-peer_timeout = "2s"
+peer_timeout = "5s"
 {extra}
 "#,
             hb = port + 1000,
@@ -191,6 +208,7 @@ peer_timeout = "2s"
             dir,
             config,
             port,
+            slave_addr,
             procs: [None, None],
         })
     }
@@ -276,6 +294,11 @@ peer_timeout = "2s"
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("blockd on {node} did not come up: {}", self.tail(node))
+    }
+
+    /// The pid of a node's blockd.
+    pub fn pid(&self, node: &str) -> Option<i32> {
+        self.procs[idx(node)].as_ref().map(|c| c.id() as i32)
     }
 
     /// SIGKILLs a node's blockd (a crash at an arbitrary instant).
@@ -374,6 +397,12 @@ impl Drop for Pair {
             for n in NODES {
                 eprintln!("----- blockd log of {n} -----\n{}", self.tail(n));
             }
+            if std::env::var_os("HABLOCK_KEEP_FAILED").is_some() {
+                if let Ok(empty) = tempfile::tempdir() {
+                    let kept = std::mem::replace(&mut self.dir, empty).keep();
+                    eprintln!("kept {}", kept.display());
+                }
+            }
         }
     }
 }
@@ -417,4 +446,138 @@ pub fn head(path: &Path, max: usize) -> String {
         let _ = f.take(max as u64).read_to_end(&mut buf);
     }
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A minimal NBD client (fixed newstyle, `NBD_OPT_GO`, simple replies) that knows
+/// exactly which writes the server acknowledged: the reference for crash tests.
+pub mod nbd_client {
+    use anyhow::{bail, Context, Result};
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::path::Path;
+
+    /// A connected client.
+    pub struct NbdClient {
+        stream: UnixStream,
+        /// Export size.
+        pub size: u64,
+    }
+
+    fn be32(b: &[u8]) -> u32 {
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    impl NbdClient {
+        /// Connects and selects `export`.
+        pub fn connect(socket: &Path, export: &str) -> Result<NbdClient> {
+            let mut s = UnixStream::connect(socket)
+                .with_context(|| format!("connecting {}", socket.display()))?;
+            let mut hello = [0u8; 18];
+            s.read_exact(&mut hello)?;
+            if &hello[0..8] != b"NBDMAGIC" || &hello[8..16] != b"IHAVEOPT" {
+                bail!("not an NBD server");
+            }
+            s.write_all(&3u32.to_be_bytes())?; // fixed newstyle, no zeroes
+            let mut opt = b"IHAVEOPT".to_vec();
+            opt.extend_from_slice(&7u32.to_be_bytes()); // GO
+            opt.extend_from_slice(&((4 + export.len() + 2) as u32).to_be_bytes());
+            opt.extend_from_slice(&(export.len() as u32).to_be_bytes());
+            opt.extend_from_slice(export.as_bytes());
+            opt.extend_from_slice(&0u16.to_be_bytes());
+            s.write_all(&opt)?;
+            let mut size = 0;
+            loop {
+                let mut h = [0u8; 20];
+                s.read_exact(&mut h)?;
+                let (rep, len) = (be32(&h[12..16]), be32(&h[16..20]) as usize);
+                let mut data = vec![0u8; len];
+                s.read_exact(&mut data)?;
+                match rep {
+                    1 => break,
+                    3 if data.len() >= 10 && data[0..2] == [0, 0] => {
+                        size = u64::from_be_bytes(data[2..10].try_into()?);
+                    }
+                    3 => {}
+                    other => bail!(
+                        "NBD_OPT_GO refused ({other:#x}): {}",
+                        String::from_utf8_lossy(&data)
+                    ),
+                }
+            }
+            Ok(NbdClient { stream: s, size })
+        }
+
+        fn request(
+            &mut self,
+            kind: u16,
+            cookie: u64,
+            offset: u64,
+            len: u32,
+            data: &[u8],
+        ) -> Result<()> {
+            let mut r = Vec::with_capacity(28 + data.len());
+            r.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+            r.extend_from_slice(&0u16.to_be_bytes());
+            r.extend_from_slice(&kind.to_be_bytes());
+            r.extend_from_slice(&cookie.to_be_bytes());
+            r.extend_from_slice(&offset.to_be_bytes());
+            r.extend_from_slice(&len.to_be_bytes());
+            r.extend_from_slice(data);
+            self.stream.write_all(&r)?;
+            Ok(())
+        }
+
+        fn reply(&mut self) -> Result<(u64, u32)> {
+            let mut h = [0u8; 16];
+            self.stream.read_exact(&mut h)?;
+            if be32(&h[0..4]) != 0x6744_6698 {
+                bail!("bad reply magic");
+            }
+            Ok((u64::from_be_bytes(h[8..16].try_into()?), be32(&h[4..8])))
+        }
+
+        /// Reads a range.
+        pub fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
+            self.request(0, 1, offset, len, &[])?;
+            let (_, err) = self.reply()?;
+            if err != 0 {
+                bail!("read error {err}");
+            }
+            let mut data = vec![0u8; len as usize];
+            self.stream.read_exact(&mut data)?;
+            Ok(data)
+        }
+
+        /// Writes `blocks` (offset, data) keeping `depth` in flight; returns the
+        /// offsets whose write the server acknowledged, until the connection breaks.
+        pub fn write_pipelined(&mut self, blocks: &[(u64, Vec<u8>)], depth: usize) -> Vec<usize> {
+            let mut acked = Vec::new();
+            let mut next = 0;
+            let mut inflight = 0;
+            loop {
+                while inflight < depth && next < blocks.len() {
+                    let (off, data) = &blocks[next];
+                    if self
+                        .request(1, next as u64, *off, data.len() as u32, data)
+                        .is_err()
+                    {
+                        return acked;
+                    }
+                    next += 1;
+                    inflight += 1;
+                }
+                if inflight == 0 {
+                    return acked;
+                }
+                match self.reply() {
+                    Ok((cookie, 0)) => {
+                        acked.push(cookie as usize);
+                        inflight -= 1;
+                    }
+                    Ok((_, _)) => inflight -= 1,
+                    Err(_) => return acked,
+                }
+            }
+        }
+    }
 }

@@ -117,7 +117,7 @@ fn garbage_and_truncated_frames_on_the_replication_port_do_not_disturb_the_sessi
     })
     .unwrap();
     // The slave listens (it sorts after master).
-    let addr = format!("127.0.0.2:{}", p.port);
+    let addr = format!("{}:{}", p.slave_addr, p.port);
     let mut garbage = TcpStream::connect(&addr).unwrap();
     let noise: Vec<u8> = (0..8192u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)

@@ -164,6 +164,13 @@ fn primary_killed_mid_fio_peer_has_every_acknowledged_write() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(2000));
+    // Protocol C holds while the link is up; a link dropped by an overloaded machine
+    // would make this a (legitimate) stale failover, so say so instead of blaming verify.
+    let before = p.status(MASTER).unwrap();
+    assert_eq!(
+        before["connection"], "Connected",
+        "the link dropped during the run: {before}"
+    );
     p.kill9(MASTER);
     let status = child.wait().unwrap();
     let out = std::process::Output {
@@ -201,14 +208,44 @@ fn primary_killed_mid_fio_peer_has_every_acknowledged_write() {
     let mut verify = fio_job(
         &p.nbd_uri(SLAVE),
         "128M",
-        &["--verify_only", "--verify_state_load=1"],
+        &["--verify_only", "--verify_state_load=1", "--verify_fatal=0"],
     );
     verify.current_dir(p.dir.path());
-    eprintln!("promoted; verifying");
-    let v = run_ok(&mut verify).unwrap();
-    eprintln!("verify pass: {v}");
+    let out = verify.output().unwrap();
+    let v =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(v.contains("READ:"), "the verify pass read nothing: {v}");
-    assert!(!v.contains("verify: bad"), "{v}");
+    // fio's saved state counts the writes that were in flight when the server died as
+    // completed when its nbd engine sees the connection reset (`nbd_poll` fails)
+    // instead of one error per request; those few (at most iodepth) were never
+    // acknowledged. The exact guarantee is checked by
+    // `every_acknowledged_write_survives_a_primary_crash` with a client that records
+    // each acknowledgement.
+    let bad: Vec<u64> = v
+        .lines()
+        .filter(|l| l.starts_with("verify: bad"))
+        .filter_map(|l| {
+            l.split("offset ")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect();
+    let reset = text.contains("nbd_poll");
+    let allowed = if reset { 8 } else { 0 };
+    assert!(
+        bad.len() <= allowed,
+        "acknowledged writes missing on the peer: {bad:?} (reset: {reset})\n{v}"
+    );
+    if !bad.is_empty() {
+        eprintln!(
+            "fio lost track of {} in-flight writes at the reset: {bad:?}",
+            bad.len()
+        );
+    }
     // The old primary comes back as a resync target and converges.
     p.start(MASTER).unwrap();
     p.wait_for(SLAVE, "old primary resynced", |s| {
@@ -512,6 +549,7 @@ fn status_shows_resync_progress_and_events_stream_changes() {
     let s = p
         .wait_for(MASTER, "progress", |s| {
             s["sync_progress"].as_f64().is_some_and(|x| x > 0.05)
+                && s["sync_rate_bps"].as_u64().is_some()
         })
         .unwrap();
     assert!(s["sync_rate_bps"].as_u64().is_some(), "{s}");
@@ -551,15 +589,19 @@ fn sigterm_is_a_clean_stop_and_restart_needs_no_resync() {
     .unwrap();
     qemu_io(&p.nbd_uri(MASTER), &["write -P 4 0 1M"]).unwrap();
     p.blockctl_ok(MASTER, &["secondary", "r0"]).unwrap();
-    let before = p.status(SLAVE).unwrap()["resynced_bytes"].as_u64().unwrap();
     p.stop(SLAVE).unwrap();
     p.start(SLAVE).unwrap();
     let s = p
         .wait_for(SLAVE, "reconnected", |s| s["connection"] == "Connected")
         .unwrap();
     assert_eq!(s["disk"], "UpToDate");
-    assert_eq!(s["resynced_bytes"].as_u64().unwrap(), 0);
-    let _ = before;
+    assert_eq!(
+        s["resynced_bytes"].as_u64().unwrap(),
+        0,
+        "a clean stop needs no resync"
+    );
+    p.wait_for(MASTER, "reconnected", |s| s["connection"] == "Connected")
+        .unwrap();
     let start = Instant::now();
     p.blockctl_ok(MASTER, &["primary", "r0"]).unwrap();
     qemu_io(&p.nbd_uri(MASTER), &["read -P 4 0 1M"]).unwrap();
@@ -667,4 +709,76 @@ fn unrelated_data_is_refused() {
         .unwrap()
         .contains("unrelated data"));
     p.stop(MASTER).unwrap();
+}
+
+/// The crash-safety guarantee, checked exactly: a client that records every write the
+/// Primary acknowledged; the Primary's blockd is SIGKILLed mid-stream; the peer is
+/// promoted and holds every acknowledged write. Repeated with kills at different
+/// instants.
+#[test]
+fn every_acknowledged_write_survives_a_primary_crash() {
+    use hablock_tests::nbd_client::NbdClient;
+    for round in 0..3u64 {
+        let mut p = Pair::synced(PairOptions {
+            size_bytes: 64 << 20,
+            ..Default::default()
+        })
+        .unwrap();
+        let sock = p.run_dir(MASTER).join("r0.nbd");
+        let mut c = NbdClient::connect(&sock, "r0").unwrap();
+        let blocks: Vec<(u64, Vec<u8>)> = (0..20_000u64)
+            .map(|i| {
+                let off = (i * 7919 % 16_000) * 4096;
+                let mut d = vec![(i % 251) as u8 + 1; 4096];
+                d[..8].copy_from_slice(&i.to_le_bytes());
+                (off, d)
+            })
+            .collect();
+        let killer_pid = p.pid(MASTER).unwrap();
+        let delay = 300 + round * 400;
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(delay));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(killer_pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        });
+        let acked = c.write_pipelined(&blocks, 16);
+        killer.join().unwrap();
+        p.kill9(MASTER);
+        assert!(
+            !acked.is_empty() && acked.len() < blocks.len(),
+            "kill landed mid-stream: {} acked",
+            acked.len()
+        );
+        p.wait_for(SLAVE, "peer loss noticed", |s| {
+            s["connection"] == "Connecting"
+        })
+        .unwrap();
+        p.blockctl_ok(SLAVE, &["primary", "--force", "r0"]).unwrap();
+        let mut r = NbdClient::connect(&p.run_dir(SLAVE).join("r0.nbd"), "r0").unwrap();
+        // The last acknowledged write of each offset must be there (blocks repeat).
+        let mut last: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+        let mut acked_sorted = acked.clone();
+        acked_sorted.sort_unstable();
+        for i in acked_sorted {
+            last.insert(blocks[i].0, i);
+        }
+        let mut later_unacked = 0;
+        for (off, i) in &last {
+            let got = r.read(*off, 4096).unwrap();
+            let seq = u64::from_le_bytes(got[..8].try_into().unwrap());
+            // A later write to the same block that was in flight may have landed.
+            if seq != *i as u64 {
+                assert!(
+                    seq > *i as u64,
+                    "block {off}: acknowledged write {i} lost (found {seq})"
+                );
+                later_unacked += 1;
+            } else {
+                assert_eq!(got, blocks[*i].1, "block {off} corrupt");
+            }
+        }
+        eprintln!("round {round}: {} writes acknowledged, all on the peer ({later_unacked} overwritten by in-flight ones)", acked.len());
+    }
 }

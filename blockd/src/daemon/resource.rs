@@ -161,6 +161,14 @@ pub struct ResourceTask {
     pub tx: mpsc::Sender<ResourceMsg>,
 }
 
+/// Live NBD clients of the export.
+fn clients_of(export: &Option<NbdExport>) -> usize {
+    export
+        .as_ref()
+        .map(|e| e.clients.load(Ordering::SeqCst))
+        .unwrap_or(0)
+}
+
 /// Clock values for the engine.
 fn now(start: Instant) -> Now {
     let wall_ms = SystemTime::now()
@@ -188,6 +196,8 @@ impl ResourceTask {
         // Role changes answered once the peer has seen them (or after a grace period).
         let mut awaiting_peer: Vec<(oneshot::Sender<CommandResult>, CommandResult, Instant)> =
             Vec::new();
+        // Demotions waiting for NBD clients to go away.
+        let mut pending_demotions: Vec<(oneshot::Sender<CommandResult>, Instant)> = Vec::new();
         self.execute(&mut pending, &mut session, &mut export);
         loop {
             tokio::select! {
@@ -205,8 +215,14 @@ impl ResourceTask {
                             self.engine.handle(now(start), Input::Io { req, request });
                         }
                         ResourceMsg::Command { cmd, reply } => {
+                            if cmd == Command::Secondary && clients_of(&export) > 0 {
+                                // A client that just closed its socket may not be
+                                // noticed yet: give it a moment before refusing.
+                                pending_demotions.push((reply, Instant::now() + Duration::from_millis(1500)));
+                                continue;
+                            }
                             let role_change = matches!(cmd, Command::Primary { .. } | Command::Secondary);
-                            let r = self.command(now(start), cmd, &export);
+                            let r = self.engine.command(now(start), cmd);
                             if role_change && !self.engine.peer_knows_state() {
                                 awaiting_peer.push((reply, r, Instant::now() + Duration::from_secs(2)));
                             } else {
@@ -237,6 +253,24 @@ impl ResourceTask {
                 }
             }
             self.execute(&mut pending, &mut session, &mut export);
+            if !pending_demotions.is_empty() {
+                let clients = clients_of(&export);
+                let now_i = Instant::now();
+                for (reply, deadline) in std::mem::take(&mut pending_demotions) {
+                    if clients == 0 {
+                        let r = self.engine.command(now(start), Command::Secondary);
+                        self.execute(&mut pending, &mut session, &mut export);
+                        awaiting_peer.push((reply, r, now_i + Duration::from_secs(2)));
+                    } else if now_i >= deadline {
+                        let _ = reply.send(CommandResult::Refused(format!(
+                            "{} is in use: {clients} NBD client(s) connected",
+                            self.name
+                        )));
+                    } else {
+                        pending_demotions.push((reply, deadline));
+                    }
+                }
+            }
             if !awaiting_peer.is_empty() {
                 let known = self.engine.peer_knows_state();
                 let now = Instant::now();
@@ -259,22 +293,6 @@ impl ResourceTask {
         if let Some(done) = shutdown_done {
             let _ = done.send(());
         }
-    }
-
-    fn command(&mut self, now: Now, cmd: Command, export: &Option<NbdExport>) -> CommandResult {
-        if cmd == Command::Secondary {
-            let clients = export
-                .as_ref()
-                .map(|e| e.clients.load(Ordering::SeqCst))
-                .unwrap_or(0);
-            if clients > 0 {
-                return CommandResult::Refused(format!(
-                    "{} is in use: {clients} NBD client(s) connected",
-                    self.name
-                ));
-            }
-        }
-        self.engine.command(now, cmd)
     }
 
     fn start_session(&self, id: u64, s: NewSession) -> Session {
