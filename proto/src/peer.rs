@@ -81,7 +81,7 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// The lowest protocol version this build accepts.
 pub const MIN_PROTOCOL_VERSION: u8 = 1;
 /// Largest payload accepted in one frame; larger lengths are refused before allocating.
-pub const MAX_PAYLOAD: u32 = 4 * 1024 * 1024 + 4096;
+pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024 + 4096;
 /// Size of the fixed frame header.
 pub const HEADER_LEN: usize = 32;
 /// Granularity of the checksums in a [`Message::VerifyReply`].
@@ -483,14 +483,31 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
     let start = out.len();
     out.resize(start + HEADER_LEN, 0);
     encode_payload(&frame.msg, out);
+    finish_header(out, start, kind_of(&frame.msg), frame.id);
+}
+
+/// Appends a `Data` frame built straight from `payload`: the same bytes as
+/// [`encode`] of a [`Message::Data`], without first copying the payload into one.
+pub fn encode_data(id: u64, offset: u64, fua: bool, payload: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.reserve(HEADER_LEN + 9 + payload.len());
+    out.resize(start + HEADER_LEN, 0);
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.push(u8::from(fua));
+    out.extend_from_slice(payload);
+    finish_header(out, start, 16, id);
+}
+
+/// Fills in the header of the frame whose payload follows `start + HEADER_LEN`.
+fn finish_header(out: &mut [u8], start: usize, kind: u8, id: u64) {
     let payload_len = (out.len() - start - HEADER_LEN) as u32;
     let payload_crc = crc32c::crc32c(&out[start + HEADER_LEN..]);
     let h = &mut out[start..start + HEADER_LEN];
     h[0..4].copy_from_slice(&MAGIC);
     h[4] = PROTOCOL_VERSION;
-    h[5] = kind_of(&frame.msg);
+    h[5] = kind;
     h[6..8].copy_from_slice(&0u16.to_le_bytes());
-    h[8..16].copy_from_slice(&frame.id.to_le_bytes());
+    h[8..16].copy_from_slice(&id.to_le_bytes());
     h[16..20].copy_from_slice(&payload_len.to_le_bytes());
     h[20..24].copy_from_slice(&payload_crc.to_le_bytes());
     h[24..28].copy_from_slice(&0u32.to_le_bytes());

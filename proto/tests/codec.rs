@@ -357,6 +357,13 @@ fn arb_msg() -> impl Strategy<Value = Message> {
 
 proptest! {
     #[test]
+    fn encode_data_matches_encode(id in any::<u64>(), offset in any::<u64>(), fua in any::<bool>(), payload in proptest::collection::vec(any::<u8>(), 0..3000)) {
+        let mut direct = Vec::new();
+        hablock_proto::peer::encode_data(id, offset, fua, &payload, &mut direct);
+        prop_assert_eq!(direct, enc(&Frame { id, msg: Message::Data { offset, fua, payload } }));
+    }
+
+    #[test]
     fn round_trip(id in any::<u64>(), msg in arb_msg()) {
         let f = Frame { id, msg };
         let b = enc(&f);

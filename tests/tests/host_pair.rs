@@ -15,7 +15,8 @@ const SLAVE: &str = NODES[1];
 #[test]
 fn seed_test_1_switchover_keeps_the_data() {
     let p = Pair::synced(PairOptions::default()).unwrap();
-    qemu_io(&p.nbd_uri(MASTER), &["write -P 0xa5 0 4M", "flush"]).unwrap();
+    // One 16 MiB request: large writes travel as one frame.
+    qemu_io(&p.nbd_uri(MASTER), &["write -P 0xa5 0 16M", "flush"]).unwrap();
     // The secondary has no export.
     assert!(qemu_io(&p.nbd_uri(SLAVE), &["read 0 4k"]).is_err());
     p.blockctl_ok(MASTER, &["secondary", "r0"]).unwrap();
@@ -27,7 +28,7 @@ fn seed_test_1_switchover_keeps_the_data() {
     let s = p.status(SLAVE).unwrap();
     assert_eq!(s["role"], "Primary");
     assert_eq!(s["peer_role"], "Secondary");
-    qemu_io(&p.nbd_uri(SLAVE), &["read -P 0xa5 0 4M"]).unwrap();
+    qemu_io(&p.nbd_uri(SLAVE), &["read -P 0xa5 0 16M"]).unwrap();
     // "Delete" it there.
     qemu_io(&p.nbd_uri(SLAVE), &["write -z 0 4M", "flush"]).unwrap();
     p.blockctl_ok(SLAVE, &["secondary", "r0"]).unwrap();

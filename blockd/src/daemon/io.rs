@@ -11,6 +11,7 @@
 
 use super::uring::{UringOp, UringQueue};
 use crate::engine::IoOutcome;
+use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt};
@@ -65,7 +66,7 @@ impl Backing {
     }
 
     /// Writes `data` at `offset`; with `fua`, makes it durable first.
-    pub async fn write(&self, offset: u64, data: Arc<[u8]>, fua: bool) -> IoOutcome {
+    pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> IoOutcome {
         if let Some(q) = &self.uring {
             return outcome(
                 q.run(UringOp::Write {

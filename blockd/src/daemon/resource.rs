@@ -91,7 +91,7 @@ impl NbdBackend for ResourceHandle {
     async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> std::io::Result<()> {
         self.submit(IoRequest::Write {
             offset,
-            data: data.into(),
+            data: bytes::Bytes::from(data),
             fua,
         })
         .await
@@ -419,6 +419,18 @@ impl ResourceTask {
                 if let Some(s) = session {
                     let mut out = Vec::with_capacity(64);
                     encode(&frame, &mut out);
+                    let _ = s.writer.send(out);
+                }
+            }
+            Action::SendData {
+                id,
+                offset,
+                fua,
+                data,
+            } => {
+                if let Some(s) = session {
+                    let mut out = Vec::new();
+                    hablock_proto::peer::encode_data(id, offset, fua, &data, &mut out);
                     let _ = s.writer.send(out);
                 }
             }

@@ -6,6 +6,7 @@
 //! the thread's slot table until their operation completes, so the kernel never sees a
 //! freed buffer.
 
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
@@ -34,7 +35,7 @@ pub enum UringOp {
         /// Byte offset.
         offset: u64,
         /// The bytes.
-        data: Arc<[u8]>,
+        data: Bytes,
         /// Durable on completion.
         dsync: bool,
     },
@@ -268,7 +269,7 @@ mod tests {
         let f = tempfile::tempfile().unwrap();
         f.set_len(1 << 20).unwrap();
         let q = UringQueue::start(Arc::new(f)).unwrap();
-        let data: Arc<[u8]> = vec![0x5a; 8192].into();
+        let data: Bytes = vec![0x5a; 8192].into();
         q.run(UringOp::Write {
             offset: 4096,
             data,
@@ -291,7 +292,7 @@ mod tests {
         for i in 0..200u64 {
             let q = q.clone();
             tasks.push(tokio::spawn(async move {
-                let d: Arc<[u8]> = vec![i as u8; 4096].into();
+                let d: Bytes = vec![i as u8; 4096].into();
                 q.run(UringOp::Write {
                     offset: i * 4096,
                     data: d,

@@ -23,6 +23,7 @@ mod verify;
 mod sim;
 
 use crate::md::{ActivityLog, Bitmap, BLOCK_BYTES};
+use bytes::Bytes;
 use decide::{Side, SplitBrainPolicy};
 use hablock_proto::control::{ResourceStatus, VerifyResult};
 use hablock_proto::peer::{Frame, Message, NodeState};
@@ -31,10 +32,12 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use ranges::{Range, RangeLocks};
 use std::collections::HashMap;
-use std::sync::Arc;
 use tracing::{info, warn};
 
 pub use session::Conn;
+
+/// Largest write accepted in one request (it is replicated as one frame).
+pub const MAX_WRITE_BYTES: u64 = 32 << 20;
 
 /// Identifies a frontend request; chosen by the daemon.
 pub type ReqId = u64;
@@ -65,7 +68,7 @@ pub enum IoRequest {
         /// Byte offset.
         offset: u64,
         /// The bytes.
-        data: Arc<[u8]>,
+        data: Bytes,
         /// Durable before completion.
         fua: bool,
     },
@@ -198,7 +201,7 @@ pub enum Action {
         /// Byte offset.
         offset: u64,
         /// The bytes.
-        data: Arc<[u8]>,
+        data: Bytes,
         /// Make it durable (fdatasync) before answering.
         fua: bool,
     },
@@ -222,6 +225,18 @@ pub enum Action {
     },
     /// Send a frame on the current session.
     Send(Frame),
+    /// Send a replicated write (a `Data` frame) on the current session, encoded
+    /// straight from the shared buffer.
+    SendData {
+        /// Frame id (the write's id).
+        id: u64,
+        /// Byte offset.
+        offset: u64,
+        /// Durable before acknowledged.
+        fua: bool,
+        /// The bytes.
+        data: Bytes,
+    },
     /// Close this session (if it is still open); reconnect if the engine still wants
     /// a connection.
     CloseSession {
@@ -317,7 +332,7 @@ struct AppWrite {
 
 #[derive(Debug, Clone)]
 enum WritePayload {
-    Data(Arc<[u8]>),
+    Data(Bytes),
     Trim { zeroes: bool },
 }
 
@@ -1040,7 +1055,7 @@ impl Engine {
                 self.actions.push(Action::LocalWrite {
                     op,
                     offset,
-                    data: payload.into(),
+                    data: Bytes::from(payload),
                     fua,
                 });
             }

@@ -310,7 +310,7 @@ impl Engine {
         self.actions.push(Action::LocalWrite {
             op,
             offset,
-            data: payload.into(),
+            data: bytes::Bytes::from(payload),
             fua: false,
         });
     }
