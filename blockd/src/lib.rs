@@ -8,7 +8,9 @@
 //! - [`daemon`]: the thin shell that runs engines over tokio, files and sockets.
 //! - [`client`]: the control-socket client `blockctl` uses.
 //! - [`cli`]: options shared by the binaries.
+//! - [`aligned`]: page-aligned buffers for O_DIRECT.
 
+pub mod aligned;
 pub mod cli;
 pub mod client;
 pub mod daemon;

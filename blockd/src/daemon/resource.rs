@@ -88,14 +88,10 @@ impl NbdBackend for ResourceHandle {
         }
     }
 
-    async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> std::io::Result<()> {
-        self.submit(IoRequest::Write {
-            offset,
-            data: bytes::Bytes::from(data),
-            fua,
-        })
-        .await
-        .map(|_| ())
+    async fn write(&self, offset: u64, data: bytes::Bytes, fua: bool) -> std::io::Result<()> {
+        self.submit(IoRequest::Write { offset, data, fua })
+            .await
+            .map(|_| ())
     }
 
     async fn flush(&self) -> std::io::Result<()> {

@@ -38,6 +38,8 @@ pub enum UringOp {
         data: Bytes,
         /// Durable on completion.
         dsync: bool,
+        /// Through the O_DIRECT descriptor (offset, length and buffer aligned).
+        direct: bool,
     },
     /// `fdatasync`.
     Sync,
@@ -65,8 +67,9 @@ impl std::fmt::Debug for UringQueue {
 }
 
 impl UringQueue {
-    /// Starts the ring thread for `file`. Fails where io_uring is unavailable.
-    pub fn start(file: Arc<File>) -> io::Result<UringQueue> {
+    /// Starts the ring thread for `file` (and its O_DIRECT twin, if any). Fails where
+    /// io_uring is unavailable.
+    pub fn start(file: Arc<File>, direct: Option<Arc<File>>) -> io::Result<UringQueue> {
         let ring = io_uring::IoUring::new(ENTRIES)?;
         // SAFETY: eventfd returns a new descriptor (or -1, checked) that we own.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -79,7 +82,7 @@ impl UringQueue {
         let thread_wake = wake.clone();
         std::thread::Builder::new()
             .name("blockd-uring".into())
-            .spawn(move || ring_thread(ring, file, rx, thread_wake))?;
+            .spawn(move || ring_thread(ring, file, direct, rx, thread_wake))?;
         Ok(UringQueue { tx, wake })
     }
 
@@ -106,7 +109,12 @@ struct Slot {
     reply: oneshot::Sender<UringResult>,
 }
 
-fn sqe_for(fd: RawFd, slot: &mut Slot, user_data: u64) -> io_uring::squeue::Entry {
+fn sqe_for(
+    fd: RawFd,
+    direct_fd: RawFd,
+    slot: &mut Slot,
+    user_data: u64,
+) -> io_uring::squeue::Entry {
     use io_uring::{opcode, types};
     let d = slot.done_bytes;
     match &slot.op {
@@ -121,10 +129,15 @@ fn sqe_for(fd: RawFd, slot: &mut Slot, user_data: u64) -> io_uring::squeue::Entr
             offset,
             data,
             dsync,
+            direct,
         } => {
             let rest = &data[d..];
             let flags = if *dsync { libc::RWF_DSYNC } else { 0 };
-            opcode::Write::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
+            // A short O_DIRECT write leaves an aligned remainder only if the kernel
+            // stopped on a block boundary; otherwise finish through the page cache.
+            let use_direct = *direct && d.is_multiple_of(crate::aligned::ALIGN);
+            let f = if use_direct { direct_fd } else { fd };
+            opcode::Write::new(types::Fd(f), rest.as_ptr(), rest.len() as u32)
                 .offset(offset + d as u64)
                 .rw_flags(flags)
                 .build()
@@ -140,11 +153,13 @@ fn sqe_for(fd: RawFd, slot: &mut Slot, user_data: u64) -> io_uring::squeue::Entr
 fn ring_thread(
     mut ring: io_uring::IoUring,
     file: Arc<File>,
+    direct: Option<Arc<File>>,
     rx: mpsc::Receiver<Submission>,
     wake: Arc<OwnedFd>,
 ) {
     use io_uring::{opcode, types};
     let fd = file.as_raw_fd();
+    let direct_fd = direct.as_ref().map_or(fd, |f| f.as_raw_fd());
     let mut slots: Vec<Option<Slot>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     let mut wake_buf = [0u8; 8];
@@ -192,7 +207,7 @@ fn ring_thread(
                 backlog.pop_front();
                 continue;
             };
-            let e = sqe_for(fd, slot, idx);
+            let e = sqe_for(fd, direct_fd, slot, idx);
             // SAFETY: the slot (and its buffer or Arc'd data) stays in `slots` until its
             // completion is reaped below.
             if unsafe { ring.submission().push(&e) }.is_err() {
@@ -268,12 +283,13 @@ mod tests {
     async fn write_read_sync_round_trip() {
         let f = tempfile::tempfile().unwrap();
         f.set_len(1 << 20).unwrap();
-        let q = UringQueue::start(Arc::new(f)).unwrap();
+        let q = UringQueue::start(Arc::new(f), None).unwrap();
         let data: Bytes = vec![0x5a; 8192].into();
         q.run(UringOp::Write {
             offset: 4096,
             data,
             dsync: true,
+            direct: false,
         })
         .await
         .unwrap();
@@ -297,6 +313,7 @@ mod tests {
                     offset: i * 4096,
                     data: d,
                     dsync: false,
+                    direct: false,
                 })
                 .await
                 .unwrap();

@@ -5,6 +5,7 @@
 
 pub mod proto;
 
+use bytes::Bytes;
 use proto::{cmdflag, err, opt, rep, Command};
 use std::future::Future;
 use std::io;
@@ -26,7 +27,7 @@ pub trait NbdBackend: Send + Sync + 'static {
     fn write(
         &self,
         offset: u64,
-        data: Vec<u8>,
+        data: Bytes,
         fua: bool,
     ) -> impl Future<Output = io::Result<()>> + Send;
     /// Makes completed writes durable.
@@ -266,10 +267,10 @@ where
                 if req.length > proto::MAX_REQUEST {
                     break Err(NbdError::TooLarge(req.length));
                 }
-                let mut data = vec![0u8; req.length as usize];
-                if let Err(e) = rd.read_exact(&mut data).await {
-                    break Err(e.into());
-                }
+                let data = match read_payload(&mut rd, req.length as usize).await {
+                    Ok(d) => d,
+                    Err(e) => break Err(e.into()),
+                };
                 if !in_range {
                     let _ = tx.send(reply(err::ENOSPC));
                     continue;
@@ -344,6 +345,20 @@ where
         Ok(Err(_)) => {}
     }
     result
+}
+
+/// Reads a write payload; block-multiple payloads land in a page-aligned buffer so
+/// the backing device can take them with O_DIRECT without another copy.
+async fn read_payload<R: AsyncRead + Unpin>(rd: &mut R, len: usize) -> io::Result<Bytes> {
+    if len.is_multiple_of(crate::aligned::ALIGN) && len > 0 {
+        if let Some(mut buf) = crate::aligned::AlignedBuf::zeroed(len) {
+            rd.read_exact(buf.as_mut()).await?;
+            return Ok(buf.into_bytes());
+        }
+    }
+    let mut data = vec![0u8; len];
+    rd.read_exact(&mut data).await?;
+    Ok(Bytes::from(data))
 }
 
 fn errno(e: &io::Error) -> i32 {

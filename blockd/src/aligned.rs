@@ -1,0 +1,90 @@
+//! Page-aligned buffers for O_DIRECT I/O.
+
+use bytes::Bytes;
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr::NonNull;
+
+/// Alignment O_DIRECT needs on every device we meet (and a page).
+pub const ALIGN: usize = 4096;
+
+/// A zeroed heap buffer aligned to [`ALIGN`].
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the buffer is uniquely owned plain memory.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access is read-only through `AsRef`.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes (`len > 0`); `None` if allocation fails.
+    pub fn zeroed(len: usize) -> Option<AlignedBuf> {
+        let layout = Layout::from_size_align(len.max(1), ALIGN).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) })?;
+        Some(AlignedBuf { ptr, len })
+    }
+
+    /// An aligned copy of `data`.
+    pub fn copy_of(data: &[u8]) -> Option<AlignedBuf> {
+        let mut b = AlignedBuf::zeroed(data.len())?;
+        b.as_mut().copy_from_slice(data);
+        Some(b)
+    }
+
+    /// Shares the buffer as `Bytes` without copying.
+    pub fn into_bytes(self) -> Bytes {
+        Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len` initialised (zeroed or written) bytes we own.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl AsMut<[u8]> for AlignedBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_ref`, and `&mut self` makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if let Ok(layout) = Layout::from_size_align(self.len.max(1), ALIGN) {
+            // SAFETY: allocated in `zeroed` with this very layout.
+            unsafe { dealloc(self.ptr.as_ptr(), layout) }
+        }
+    }
+}
+
+/// Whether a request can go to the O_DIRECT descriptor as it is.
+pub fn is_direct_ready(offset: u64, data: &[u8]) -> bool {
+    offset.is_multiple_of(ALIGN as u64) && data.len().is_multiple_of(ALIGN) && !data.is_empty()
+}
+
+/// Whether the buffer itself is aligned.
+pub fn is_aligned(data: &[u8]) -> bool {
+    (data.as_ptr() as usize).is_multiple_of(ALIGN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_and_shared() {
+        let b = AlignedBuf::copy_of(&[7u8; 8192]).unwrap();
+        assert!(is_aligned(b.as_ref()));
+        let bytes = b.into_bytes();
+        assert!(is_aligned(&bytes));
+        assert_eq!(&bytes[..], &[7u8; 8192][..]);
+        assert!(is_direct_ready(4096, &bytes));
+        assert!(!is_direct_ready(512, &bytes));
+    }
+}
