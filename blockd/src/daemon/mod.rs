@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 /// Where the daemon finds its configuration and puts its sockets.
 #[derive(Debug, Clone)]
@@ -99,7 +99,6 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
 
     let (events, _) = broadcast::channel(1024);
     let mut inboxes = BTreeMap::new();
-    let mut tasks = Vec::new();
     for (name, r) in &cfg.resources {
         let md = MdStore::open(&r.backing, &md_location(r)).with_context(|| {
             format!("resource {name}: opening the metadata of {} (did you run `blockctl create-md {name}`?)", r.backing.display())
@@ -139,7 +138,8 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             remote: SocketAddr::new(peer_addr, r.port),
             connect_interval: r.connect_interval,
         };
-        tokio::spawn(peer::run_link(link, tx.clone(), want_rx));
+        let span = tracing::info_span!("resource", resource = %name, peer = %peer_name);
+        tokio::spawn(peer::run_link(link, tx.clone(), want_rx).instrument(span.clone()));
         let task = ResourceTask {
             name: name.clone(),
             engine,
@@ -152,7 +152,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             tx: tx.clone(),
         };
         info!(resource = %name, peer = %peer_name, backing = %r.backing.display(), "resource up");
-        tasks.push(tokio::spawn(task.run()));
+        tokio::spawn(task.run().instrument(span));
         inboxes.insert(name.clone(), tx);
     }
 
