@@ -38,24 +38,10 @@ pub fn control_socket(run_dir: &Path) -> PathBuf {
 
 /// The engine's split-brain policy from the configuration.
 pub fn policy_of(r: &ResourceConfig) -> decide::SplitBrainPolicy {
-    use decide::{AfterSb0Pri as P0, AfterSb1Pri as P1, AfterSb2Pri as P2};
-    use hablock_config::{AfterSb0Pri as C0, AfterSb1Pri as C1, AfterSb2Pri as C2};
     decide::SplitBrainPolicy {
-        zero_primaries: match r.after_sb_0pri {
-            C0::Disconnect => P0::Disconnect,
-            C0::DiscardZeroChanges => P0::DiscardZeroChanges,
-            C0::DiscardLeastChanges => P0::DiscardLeastChanges,
-            C0::DiscardYoungerPrimary => P0::DiscardYoungerPrimary,
-            C0::DiscardOlderPrimary => P0::DiscardOlderPrimary,
-        },
-        one_primary: match r.after_sb_1pri {
-            C1::Disconnect => P1::Disconnect,
-            C1::DiscardSecondary => P1::DiscardSecondary,
-            C1::Consensus => P1::Consensus,
-        },
-        two_primaries: match r.after_sb_2pri {
-            C2::Disconnect => P2::Disconnect,
-        },
+        zero_primaries: r.after_sb_0pri,
+        one_primary: r.after_sb_1pri,
+        two_primaries: r.after_sb_2pri,
     }
 }
 

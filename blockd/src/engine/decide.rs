@@ -9,38 +9,7 @@
 
 use hablock_proto::types::{DiskState, Role, Uuids};
 
-/// Recovery policy when a split brain is found and neither node is Primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterSb0Pri {
-    /// Stay StandAlone; the operator decides.
-    Disconnect,
-    /// The node that wrote nothing since the split becomes the sync target.
-    DiscardZeroChanges,
-    /// The node with fewer changed blocks becomes the sync target.
-    DiscardLeastChanges,
-    /// The node that became Primary last becomes the sync target.
-    DiscardYoungerPrimary,
-    /// The node that became Primary first becomes the sync target.
-    DiscardOlderPrimary,
-}
-
-/// Recovery policy when a split brain is found and exactly one node is Primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterSb1Pri {
-    /// Stay StandAlone; the operator decides.
-    Disconnect,
-    /// The Secondary's changes are discarded.
-    DiscardSecondary,
-    /// Apply `after_sb_0pri`; accept its verdict only if it discards the Secondary.
-    Consensus,
-}
-
-/// Recovery policy when a split brain is found and both nodes are Primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterSb2Pri {
-    /// Stay StandAlone; the operator decides.
-    Disconnect,
-}
+pub use hablock_config::{AfterSb0Pri, AfterSb1Pri, AfterSb2Pri};
 
 /// The three split-brain policies of a resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

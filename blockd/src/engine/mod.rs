@@ -1040,18 +1040,7 @@ impl Engine {
                 fua,
                 payload,
             } => {
-                let len = payload.len() as u64;
-                let op = self.alloc_id();
-                let session = self.conn.session().unwrap_or(0);
-                self.ops.insert(
-                    op,
-                    OpKind::PeerWrite {
-                        session,
-                        frame_id: id,
-                        offset,
-                        len,
-                    },
-                );
+                let op = self.peer_write_op(id, offset, payload.len() as u64);
                 self.actions.push(Action::LocalWrite {
                     op,
                     offset,
@@ -1064,17 +1053,7 @@ impl Engine {
                 len,
                 zeroes,
             } => {
-                let op = self.alloc_id();
-                let session = self.conn.session().unwrap_or(0);
-                self.ops.insert(
-                    op,
-                    OpKind::PeerWrite {
-                        session,
-                        frame_id: id,
-                        offset,
-                        len,
-                    },
-                );
+                let op = self.peer_write_op(id, offset, len);
                 self.actions.push(Action::LocalTrim {
                     op,
                     offset,
@@ -1163,6 +1142,23 @@ impl Engine {
                 );
             }
         }
+    }
+
+    /// Registers the local half of a peer's write or trim (acknowledged on the session
+    /// it came from).
+    fn peer_write_op(&mut self, frame_id: u64, offset: u64, len: u64) -> OpId {
+        let op = self.alloc_id();
+        let session = self.conn.session().unwrap_or(0);
+        self.ops.insert(
+            op,
+            OpKind::PeerWrite {
+                session,
+                frame_id,
+                offset,
+                len,
+            },
+        );
+        op
     }
 
     fn on_corrupt(&mut self, kind: u8, id: u64) {
