@@ -354,19 +354,11 @@ impl Engine {
                 self.event("peer-role", None, Some(peer.role.to_string()), None);
                 match d {
                     Decision::Source(scope) => {
-                        if scope == SyncScope::Full {
-                            self.bitmap.set_all();
-                        } else {
-                            self.or_peer_bitmap(&peer_words);
-                        }
+                        self.mark_resync_set(scope, &peer_words);
                         self.start_resync_source();
                     }
                     Decision::Target(scope) => {
-                        if scope == SyncScope::Full {
-                            self.bitmap.set_all();
-                        } else {
-                            self.or_peer_bitmap(&peer_words);
-                        }
+                        self.mark_resync_set(scope, &peer_words);
                         self.start_resync_target();
                     }
                     _ => {
@@ -384,8 +376,12 @@ impl Engine {
         }
     }
 
-    fn or_peer_bitmap(&mut self, words: &[u64]) {
-        self.bitmap.or_words(0, words);
+    /// The blocks to copy: everything, or what either node marked.
+    fn mark_resync_set(&mut self, scope: SyncScope, peer_words: &[u64]) {
+        match scope {
+            SyncScope::Full => self.bitmap.set_all(),
+            SyncScope::Bitmap => self.bitmap.or_words(0, peer_words),
+        }
         self.actions.push(Action::PersistBitmap);
     }
 
