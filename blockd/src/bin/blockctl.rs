@@ -13,7 +13,7 @@ use std::time::Duration;
 
 /// Administer hablock's replicated block devices.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "blockctl", version, about)]
 struct Args {
     #[command(flatten)]
     common: CommonOptions,
