@@ -4,6 +4,7 @@
 //!
 //! A missing client binary fails the test (it does not skip): install `libnbd-bin`,
 //! `qemu-utils` and `fio` (scripts/setup).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use blockd::nbd::{proto, serve_listener, NbdBackend};
 use bytes::Bytes;
@@ -323,7 +324,13 @@ fn nbdinfo_shows_the_export() {
     let e = &v["exports"][0];
     assert_eq!(e["export-name"], EXPORT, "{info}");
     assert_eq!(e["export-size"], SIZE as u64, "{info}");
-    for cap in ["can_flush", "can_fua", "can_trim", "can_zero", "can_multi_conn"] {
+    for cap in [
+        "can_flush",
+        "can_fua",
+        "can_trim",
+        "can_zero",
+        "can_multi_conn",
+    ] {
         assert_eq!(e[cap], true, "{cap}: {info}");
     }
     assert_eq!(e["is_read_only"], false, "{info}");
@@ -348,7 +355,11 @@ fn qemu_io_write_then_read_pattern() {
     let srv = Server::start();
     qemu_io(
         &srv.uri(),
-        &["write -P 0xab 0 1M", "read -P 0xab 0 1M", "read -P 0 1M 64k"],
+        &[
+            "write -P 0xab 0 1M",
+            "read -P 0xab 0 1M",
+            "read -P 0 1M 64k",
+        ],
     );
     // A second connection sees the first one's data.
     qemu_io(&srv.uri(), &["read -P 0xab 512 4k"]);
@@ -391,7 +402,11 @@ fn qemu_io_zeroes_discard_flush_fua() {
     assert!(c.trims.load(Ordering::Relaxed) >= 1, "no TRIM");
     assert!(c.flushes.load(Ordering::Relaxed) >= 1, "no FLUSH");
     assert!(c.fua_writes.load(Ordering::Relaxed) >= 1, "no FUA write");
-    assert!(srv.backend.snapshot(1 << 20, 8192).iter().all(|&b| b == 0x77));
+    assert!(srv
+        .backend
+        .snapshot(1 << 20, 8192)
+        .iter()
+        .all(|&b| b == 0x77));
 }
 
 /// nbdcopy copies a file into the export and back out unchanged. The file is a
@@ -411,7 +426,10 @@ fn nbdcopy_round_trip() {
     run_ok(Command::new("nbdcopy").arg(srv.uri()).arg(&dst));
     let back = std::fs::read(&dst).unwrap();
     assert_eq!(back.len(), SIZE);
-    assert!(back[..data.len()] == data[..], "nbdcopy read back other bytes");
+    assert!(
+        back[..data.len()] == data[..],
+        "nbdcopy read back other bytes"
+    );
     assert!(back[data.len()..].iter().all(|&b| b == 0));
     srv.wait_clients(0);
 }
@@ -440,7 +458,11 @@ fn fio_randwrite_verify() {
     let job = &v["jobs"][0];
     assert_eq!(job["error"], 0, "{report}");
     assert_eq!(job["write"]["io_bytes"], 16 << 20, "{report}");
-    assert_eq!(job["read"]["io_bytes"], 16 << 20, "verify must read: {report}");
+    assert_eq!(
+        job["read"]["io_bytes"],
+        16 << 20,
+        "verify must read: {report}"
+    );
     assert!(srv.counts().reads.load(Ordering::Relaxed) >= 4096);
 }
 
@@ -448,13 +470,8 @@ fn fio_randwrite_verify() {
 #[test]
 fn wrong_export_is_refused_and_server_keeps_serving() {
     let srv = Server::start();
-    let out = run(Command::new("qemu-io").args([
-        "-f",
-        "raw",
-        "-c",
-        "read 0 4k",
-        &srv.uri_for("nope"),
-    ]));
+    let out =
+        run(Command::new("qemu-io").args(["-f", "raw", "-c", "read 0 4k", &srv.uri_for("nope")]));
     assert!(!out.status.success(), "qemu-io opened a wrong export");
     let out = run(Command::new("nbdinfo").arg(srv.uri_for("nope")));
     assert!(!out.status.success(), "nbdinfo opened a wrong export");
@@ -557,6 +574,47 @@ fn request_errors() {
     assert_eq!(srv.backend.snapshot(size as usize - 512, 512), [0u8; 512]);
 }
 
+/// A client that pipelines large reads without reading the replies is stopped by the
+/// per-connection in-flight budget (128 MiB: four 32 MiB reads) instead of making the
+/// server buffer everything; once it reads, every request is answered.
+#[test]
+fn unread_replies_bound_the_reads_in_flight() {
+    let srv = Server::start();
+    let mut s = raw_transmission(&srv.socket);
+    let max = 32u32 << 20;
+    let mut batch = Vec::new();
+    for i in 0..16u64 {
+        batch.extend_from_slice(&request(0, 0, i, 0, max));
+    }
+    s.write_all(&batch).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = srv.counts().reads.load(Ordering::Relaxed);
+    assert!((1..=4).contains(&started), "{started} reads in flight");
+    let mut buf = vec![0u8; max as usize];
+    for _ in 0..16 {
+        assert_eq!(read_reply(&mut s).0, 0);
+        s.read_exact(&mut buf).unwrap();
+    }
+    assert_eq!(srv.counts().reads.load(Ordering::Relaxed), 16);
+}
+
+/// Dropping the shutdown sender counts as shutdown: connections close, the listener
+/// returns.
+#[test]
+fn dropped_shutdown_sender_stops_the_server() {
+    let mut srv = Server::start();
+    let mut a = raw_transmission(&srv.socket);
+    let mut b = raw_connect(&srv.socket);
+    srv.wait_clients(2);
+    let (tx, _) = watch::channel(false);
+    drop(std::mem::replace(&mut srv.shutdown, tx));
+    let task = srv.task.take().unwrap();
+    assert!(srv.rt.block_on(task).unwrap().is_ok());
+    assert_closed(&mut a);
+    assert_closed(&mut b);
+    srv.wait_clients(0);
+}
+
 /// `clients` counts live connections; shutdown stops accepting and closes idle
 /// connections once their requests are answered.
 #[test]
@@ -588,5 +646,8 @@ fn client_count_and_shutdown() {
             s.read_exact(&mut g).is_err()
         }
     };
-    assert!(refused, "the server still greets new clients after shutdown");
+    assert!(
+        refused,
+        "the server still greets new clients after shutdown"
+    );
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info_span, warn, Instrument};
 
 /// What the NBD server serves.
@@ -86,13 +86,15 @@ pub async fn serve_listener<B: NbdBackend>(
                     }
                 }.instrument(span));
             }
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() {
-                    return Ok(());
-                }
-            }
+            _ = shutdown_signalled(&mut shutdown) => return Ok(()),
         }
     }
+}
+
+/// Resolves once `shutdown` reads true, or once its sender is gone (the listener's
+/// owner no longer exists, so nobody could ever stop us otherwise).
+async fn shutdown_signalled(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|&stop| stop).await;
 }
 
 /// Serves one client connection until it disconnects.
@@ -118,8 +120,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    if !handshake(&mut rd, &mut wr, export, backend.size_bytes()).await? {
-        return Ok(());
+    let mut stop = shutdown.clone();
+    tokio::select! {
+        r = handshake(&mut rd, &mut wr, export, backend.size_bytes()) => if !r? {
+            return Ok(());
+        },
+        _ = shutdown_signalled(&mut stop) => return Ok(()),
     }
     transmission(rd, wr, backend, shutdown).await
 }
@@ -212,7 +218,28 @@ where
     }
 }
 
-type Reply = ([u8; 16], Option<Vec<u8>>);
+/// A reply header, its read data, and the share of the in-flight budget it holds until
+/// it is on the socket.
+type Reply = ([u8; 16], Option<Vec<u8>>, Option<OwnedSemaphorePermit>);
+
+/// Unit of the per-connection in-flight budget.
+const BUDGET_UNIT: u32 = 4096;
+/// Per-connection in-flight budget, in [`BUDGET_UNIT`]s: 128 MiB of read buffers and
+/// write payloads. A client that sends requests without reading replies stops being
+/// read once this is spent (so memory stays bounded); QD32 x 1 MiB uses a quarter.
+const BUDGET_UNITS: u32 = (128 << 20) / BUDGET_UNIT;
+
+/// What a request costs against the budget: its data, at least one unit.
+fn cost(req: &proto::Request) -> u32 {
+    match req.command {
+        Command::Read | Command::Write => req
+            .length
+            .min(proto::MAX_REQUEST)
+            .div_ceil(BUDGET_UNIT)
+            .max(1),
+        _ => 1,
+    }
+}
 
 async fn transmission<B, R, W>(
     mut rd: R,
@@ -227,23 +254,23 @@ where
 {
     let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
     let writer = tokio::spawn(async move {
-        while let Some((hdr, data)) = rx.recv().await {
+        while let Some((hdr, data, permit)) = rx.recv().await {
             wr.write_all(&hdr).await?;
             if let Some(d) = data {
                 wr.write_all(&d).await?;
             }
+            drop(permit);
         }
         wr.flush().await?;
         Ok::<(), io::Error>(())
     });
     let size = backend.size_bytes();
+    let budget = Arc::new(Semaphore::new(BUDGET_UNITS as usize));
     let result = loop {
         let mut hdr = [0u8; proto::REQUEST_LEN];
         let read = tokio::select! {
             r = rd.read_exact(&mut hdr) => r,
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() { break Ok(()) } else { continue }
-            }
+            _ = shutdown_signalled(&mut shutdown) => break Ok(()),
         };
         if let Err(e) = read {
             break if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -257,10 +284,14 @@ where
             Ok(None) => continue,
             Err(e) => break Err(e.into()),
         };
+        let permit = tokio::select! {
+            p = budget.clone().acquire_many_owned(cost(&req)) => p.ok(),
+            _ = shutdown_signalled(&mut shutdown) => break Ok(()),
+        };
         let end = req.offset.checked_add(u64::from(req.length));
         let in_range = end.is_some_and(|e| e <= size);
         let fua = req.flags & cmdflag::FUA != 0;
-        let reply = |e: u32| (proto::simple_reply(req.cookie, e), None);
+        let reply = |e: u32| (proto::simple_reply(req.cookie, e), None, None);
         match req.command {
             Command::Disc => break Ok(()),
             Command::Write => {
@@ -282,7 +313,7 @@ where
                         .await
                         .err()
                         .map_or(0, |e| proto::wire_errno(errno(&e)));
-                    let _ = tx.send((proto::simple_reply(req.cookie, e), None));
+                    let _ = tx.send((proto::simple_reply(req.cookie, e), None, permit));
                 });
             }
             Command::Read => {
@@ -293,10 +324,21 @@ where
                 let (b, tx) = (backend.clone(), tx.clone());
                 tokio::spawn(async move {
                     let r = match b.read(req.offset, req.length).await {
-                        Ok(d) => (proto::simple_reply(req.cookie, 0), Some(d)),
+                        Ok(d) if d.len() == req.length as usize => {
+                            (proto::simple_reply(req.cookie, 0), Some(d), permit)
+                        }
+                        Ok(d) => {
+                            warn!(
+                                asked = req.length,
+                                got = d.len(),
+                                "backend read of the wrong length"
+                            );
+                            (proto::simple_reply(req.cookie, err::EIO), None, permit)
+                        }
                         Err(e) => (
                             proto::simple_reply(req.cookie, proto::wire_errno(errno(&e))),
                             None,
+                            permit,
                         ),
                     };
                     let _ = tx.send(r);
@@ -310,7 +352,7 @@ where
                         .await
                         .err()
                         .map_or(0, |e| proto::wire_errno(errno(&e)));
-                    let _ = tx.send((proto::simple_reply(req.cookie, e), None));
+                    let _ = tx.send((proto::simple_reply(req.cookie, e), None, permit));
                 });
             }
             Command::Trim | Command::WriteZeroes => {
@@ -328,7 +370,7 @@ where
                         b.trim(req.offset, len, fua).await
                     };
                     let e = r.err().map_or(0, |e| proto::wire_errno(errno(&e)));
-                    let _ = tx.send((proto::simple_reply(req.cookie, e), None));
+                    let _ = tx.send((proto::simple_reply(req.cookie, e), None, permit));
                 });
             }
             Command::Other(t) => {
