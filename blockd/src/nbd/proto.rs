@@ -332,6 +332,39 @@ mod tests {
     }
 
     #[test]
+    fn golden_option_replies() {
+        // GO answered with NBD_INFO_EXPORT for a 64 MiB export.
+        assert_eq!(
+            option_reply(opt::GO, rep::INFO, &info_export(64 << 20)),
+            [
+                0x00, 0x03, 0xe8, 0x89, 0x04, 0x55, 0x65, 0xa9, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0,
+                12, 0, 0, 0, 0, 0, 0, 0x04, 0, 0, 0, 0x01, 0x6d
+            ]
+        );
+        // NBD_INFO_BLOCK_SIZE: 512 / 4096 / 32 MiB.
+        assert_eq!(
+            info_block_size(),
+            [0, 3, 0, 0, 2, 0, 0, 0, 0x10, 0, 0x02, 0, 0, 0]
+        );
+        // Structured replies declined.
+        assert_eq!(
+            option_reply(8, rep::ERR_UNSUP, &[]),
+            [
+                0x00, 0x03, 0xe8, 0x89, 0x04, 0x55, 0x65, 0xa9, 0, 0, 0, 8, 0x80, 0, 0, 1, 0, 0, 0,
+                0
+            ]
+        );
+        let opt_hdr = [
+            0x49, 0x48, 0x41, 0x56, 0x45, 0x4f, 0x50, 0x54, 0, 0, 0, 7, 0, 0, 0, 8,
+        ];
+        assert_eq!(parse_option(&opt_hdr), Ok(Some((opt::GO, 8))));
+        assert_eq!(parse_option(&opt_hdr[..15]), Ok(None));
+        let mut huge = opt_hdr;
+        huge[12] = 0xff;
+        assert!(parse_option(&huge).is_err());
+    }
+
+    #[test]
     fn golden_request() {
         let b = [
             0x25, 0x60, 0x95, 0x13, 0x00, 0x01, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0,
