@@ -268,13 +268,8 @@ peer_timeout = "5s"
             .create(true)
             .append(true)
             .open(self.log(node))?;
-        let child = Command::new(bin("blockd"))
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--node")
-            .arg(node)
-            .arg("--run-dir")
-            .arg(self.run_dir(node))
+        let child = self
+            .command("blockd", node)
             .env("RUST_LOG", "info")
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -329,15 +324,22 @@ peer_timeout = "5s"
         Ok(())
     }
 
-    /// Runs blockctl against a node.
-    pub fn blockctl(&self, node: &str, args: &[&str]) -> Result<Output> {
-        Command::new(bin("blockctl"))
-            .arg("--config")
+    /// A hablock program (`blockd`, `blockctl`) with this pair's `--config`, `--node`
+    /// and `--run-dir` for `node`.
+    pub fn command(&self, program: &str, node: &str) -> Command {
+        let mut c = Command::new(bin(program));
+        c.arg("--config")
             .arg(&self.config)
             .arg("--node")
             .arg(node)
             .arg("--run-dir")
-            .arg(self.run_dir(node))
+            .arg(self.run_dir(node));
+        c
+    }
+
+    /// Runs blockctl against a node.
+    pub fn blockctl(&self, node: &str, args: &[&str]) -> Result<Output> {
+        self.command("blockctl", node)
             .args(args)
             .output()
             .context("running blockctl")

@@ -259,13 +259,7 @@ fn config_with_an_unknown_key_is_refused_naming_key_and_line() {
         ..Default::default()
     })
     .unwrap();
-    let out = Command::new(bin("blockd"))
-        .arg("--config")
-        .arg(&p.config)
-        .args(["--node", MASTER, "--run-dir"])
-        .arg(p.run_dir(MASTER))
-        .output()
-        .unwrap();
+    let out = p.command("blockd", MASTER).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     let line = std::fs::read_to_string(&p.config)
@@ -289,13 +283,7 @@ fn secret_file_readable_by_others_is_refused() {
     p.blockctl_ok(MASTER, &["create-md", "r0"]).unwrap();
     let secret = p.dir.path().join("secret");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = Command::new(bin("blockd"))
-        .arg("--config")
-        .arg(&p.config)
-        .args(["--node", MASTER, "--run-dir"])
-        .arg(p.run_dir(MASTER))
-        .output()
-        .unwrap();
+    let out = p.command("blockd", MASTER).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("0644") && err.contains("0600"), "{err}");

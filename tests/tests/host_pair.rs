@@ -529,11 +529,8 @@ fn status_shows_resync_progress_and_events_stream_changes() {
         ..Default::default()
     })
     .unwrap();
-    let mut events = Command::new(hablock_tests::bin("blockctl"))
-        .arg("--config")
-        .arg(&p.config)
-        .args(["--node", MASTER, "--run-dir"])
-        .arg(p.run_dir(MASTER))
+    let mut events = p
+        .command("blockctl", MASTER)
         .args(["events", "--json"])
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -270,24 +270,13 @@ impl Engine {
     }
 
     fn conclude_handshake(&mut self) {
-        let Conn::Handshake(h) = std::mem::replace(&mut self.conn, Conn::Connecting) else {
+        // The session stays in Handshake while deciding, so actions go to it.
+        let Conn::Handshake(h) = &mut self.conn else {
             return;
         };
-        let Handshake {
-            session,
-            peer_words,
-            peer,
-            ..
-        } = *h;
-        let Some(peer) = peer else { return };
-        // Restore the session while deciding, so actions go to it.
-        self.conn = Conn::Handshake(Box::new(Handshake {
-            session,
-            last_rx_ms: self.now.mono_ms,
-            peer: None,
-            peer_words: Vec::new(),
-            bitmap_done: false,
-        }));
+        let Some(peer) = h.peer.take() else { return };
+        let peer_words = std::mem::take(&mut h.peer_words);
+        let session = h.session;
 
         // Sizes: the smaller one wins, but a Primary never shrinks under its clients.
         let smaller = peer.usable_bytes.min(self.cfg.usable_bytes);
