@@ -71,6 +71,26 @@ impl Backing {
         })
     }
 
+    /// Logical and physical block sizes of the backing device (512 and 4096 for a
+    /// regular file): what a frontend reports as its own limits.
+    pub fn block_sizes(&self) -> (u32, u32) {
+        if !self.is_block_device {
+            return (512, 4096);
+        }
+        let fd = self.file.as_raw_fd();
+        let (mut logical, mut physical): (libc::c_int, libc::c_uint) = (0, 0);
+        // SAFETY: both ioctls write one integer of the given type into a live local.
+        let ok = unsafe {
+            libc::ioctl(fd, BLKSSZGET, &mut logical as *mut libc::c_int) == 0
+                && libc::ioctl(fd, BLKPBSZGET, &mut physical as *mut libc::c_uint) == 0
+        };
+        if ok && logical >= 512 {
+            (logical as u32, physical.max(logical as u32))
+        } else {
+            (512, 4096)
+        }
+    }
+
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: u32) -> IoOutcome {
         if let Some(q) = &self.uring {
@@ -203,6 +223,10 @@ fn zero_range(
 
 /// `_IO(0x12, 127)`: zero a byte range of a block device.
 const BLKZEROOUT: libc::c_ulong = 0x127f;
+/// `_IO(0x12, 104)`: logical block size.
+const BLKSSZGET: libc::c_ulong = 0x1268;
+/// `_IO(0x12, 123)`: physical block size.
+const BLKPBSZGET: libc::c_ulong = 0x127b;
 
 fn write_zeroes(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let zero = vec![0u8; 1 << 20];

@@ -6,6 +6,7 @@ pub mod control;
 pub mod io;
 pub mod peer;
 pub mod resource;
+pub mod ublk;
 pub mod uring;
 
 use crate::engine::{decide, Engine, EngineConfig, PersistedState};
@@ -126,11 +127,21 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         };
         let span = tracing::info_span!("resource", resource = %name, peer = %peer_name);
         tokio::spawn(peer::run_link(link, tx.clone(), want_rx).instrument(span.clone()));
+        let ublk = match r.ublk_id {
+            Some(id) => Some(resource::UblkConfig {
+                id,
+                queues: r.ublk_queues,
+                depth: r.ublk_depth,
+                recover: find_left_device(name, id).await,
+            }),
+            None => None,
+        };
         let task = ResourceTask {
             name: name.clone(),
             engine,
             md,
             backing,
+            ublk,
             nbd_socket: r.nbd_socket.clone(),
             events: events.clone(),
             want_link: want_tx,
@@ -164,6 +175,35 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&sock);
     Ok(())
+}
+
+/// Whether a crashed blockd left ublk device `id` waiting for a new server (then it is
+/// re-attached); a leftover in any other state is deleted.
+async fn find_left_device(resource: &str, id: u32) -> bool {
+    let found = tokio::task::spawn_blocking(move || ublk::probe(id))
+        .await
+        .unwrap_or(ublk::Existing::None);
+    match found {
+        ublk::Existing::None => false,
+        ublk::Existing::Recoverable => {
+            info!(
+                resource,
+                ublk = id,
+                "found /dev/ublkb{id} left by a crashed blockd, its I/O held: re-attaching"
+            );
+            true
+        }
+        ublk::Existing::Other(state) => {
+            warn!(
+                resource,
+                ublk = id,
+                state,
+                "deleting a leftover /dev/ublkb{id}"
+            );
+            let _ = tokio::task::spawn_blocking(move || ublk::delete(id)).await;
+            false
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -3,6 +3,7 @@
 
 use super::io::Backing;
 use super::peer::{self, NewSession};
+use super::ublk::{self, Phase, UblkDevice, UblkSpec};
 use crate::engine::{
     Action, Command, CommandResult, Engine, Input, IoOutcome, IoRequest, Now, ReqId,
 };
@@ -10,6 +11,7 @@ use crate::md::MdStore;
 use crate::nbd::{self, NbdBackend};
 use hablock_proto::control::{Event, ResourceStatus};
 use hablock_proto::peer::encode;
+use hablock_proto::types::DiskState;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,6 +47,8 @@ pub enum ResourceMsg {
     },
     /// An authenticated session from the link task.
     Session(NewSession),
+    /// A frontend device changed phase (the ublk device came up, failed or ended).
+    FrontendChanged,
     /// Stop: persist and exit.
     Shutdown {
         /// Fired when done.
@@ -60,7 +64,8 @@ pub struct ResourceHandle {
 }
 
 impl ResourceHandle {
-    async fn submit(&self, request: IoRequest) -> std::io::Result<IoOutcome> {
+    /// Submits one request and waits for its outcome (a failure as an I/O error).
+    pub(crate) async fn submit(&self, request: IoRequest) -> std::io::Result<IoOutcome> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(ResourceMsg::Io { request, reply })
@@ -135,6 +140,85 @@ struct NbdExport {
     task: JoinHandle<()>,
 }
 
+/// The live frontends of a Primary.
+#[derive(Default)]
+struct Frontends {
+    nbd: Option<NbdExport>,
+    ublk: Option<UblkDevice>,
+    /// A ublk device being stopped (drained and deleted) off the async threads.
+    ublk_stopping: Option<JoinHandle<()>>,
+}
+
+impl Frontends {
+    /// Why the resource cannot be demoted now, if it cannot.
+    fn busy(&self) -> Option<String> {
+        let clients = self
+            .nbd
+            .as_ref()
+            .map_or(0, |e| e.clients.load(Ordering::Relaxed));
+        if clients > 0 {
+            return Some(format!("{clients} NBD client(s) connected"));
+        }
+        match &self.ublk {
+            Some(u) if u.in_use() => Some(format!(
+                "{} is open (mounted or held by a process)",
+                u.path().display()
+            )),
+            _ => None,
+        }
+    }
+
+    /// Paths of the frontends that serve I/O.
+    fn devices(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(u) = &self.ublk {
+            if u.phase() == Phase::Live {
+                out.push(u.path().display().to_string());
+            }
+        }
+        if let Some(e) = &self.nbd {
+            out.push(e.path.display().to_string());
+        }
+        out
+    }
+
+    /// A ublk device still starting or stopping holds role-change replies back.
+    fn settled(&self) -> bool {
+        self.ublk
+            .as_ref()
+            .is_none_or(|u| u.phase() != Phase::Starting)
+            && self.ublk_stopping.as_ref().is_none_or(|h| h.is_finished())
+    }
+
+    /// Starts draining and deleting the ublk device, if there is one.
+    fn stop_ublk(&mut self) {
+        if let Some(u) = self.ublk.take() {
+            self.ublk_stopping = Some(tokio::task::spawn_blocking(move || u.stop()));
+        }
+    }
+
+    /// Why the ublk device failed to start, if it did.
+    fn ublk_failure(&self) -> Option<String> {
+        match self.ublk.as_ref().map(|u| u.phase()) {
+            Some(Phase::Failed(reason)) => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// The ublk frontend of a resource.
+#[derive(Debug, Clone)]
+pub struct UblkConfig {
+    /// Device id (`/dev/ublkb<id>`).
+    pub id: u32,
+    /// Hardware queues.
+    pub queues: u16,
+    /// Queue depth.
+    pub depth: u16,
+    /// Re-attach to the device a crashed blockd left (found at start-up).
+    pub recover: bool,
+}
+
 /// Everything a resource task needs.
 pub struct ResourceTask {
     /// Resource name.
@@ -145,6 +229,8 @@ pub struct ResourceTask {
     pub md: MdStore,
     /// The backing device.
     pub backing: Backing,
+    /// The ublk device served while Primary.
+    pub ublk: Option<UblkConfig>,
     /// NBD socket path, if configured.
     pub nbd_socket: Option<PathBuf>,
     /// Where events go.
@@ -157,15 +243,6 @@ pub struct ResourceTask {
     pub tx: mpsc::Sender<ResourceMsg>,
 }
 
-/// Live NBD clients of the export.
-fn clients_of(export: &Option<NbdExport>) -> usize {
-    export
-        .as_ref()
-        .map(|e| e.clients.load(Ordering::SeqCst))
-        .unwrap_or(0)
-}
-
-/// Clock values for the engine.
 fn now(start: Instant) -> Now {
     let wall_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -187,14 +264,17 @@ impl ResourceTask {
         let mut next_req: ReqId = 1;
         let mut next_session: u64 = 1;
         let mut session: Option<Session> = None;
-        let mut export: Option<NbdExport> = None;
+        let mut fronts = Frontends::default();
         let mut shutdown_done: Option<oneshot::Sender<()>> = None;
-        // Role changes answered once the peer has seen them (or after a grace period).
-        let mut awaiting_peer: Vec<(oneshot::Sender<CommandResult>, CommandResult, Instant)> =
+        let mut leave_primary = false;
+        // Role changes answered once the peer has seen them (or after a grace period)
+        // and the ublk device has settled; `true` marks a promotion.
+        let mut awaiting: Vec<(oneshot::Sender<CommandResult>, CommandResult, Instant, bool)> =
             Vec::new();
-        // Demotions waiting for NBD clients to go away.
+        // Demotions waiting for frontend users to go away.
         let mut pending_demotions: Vec<(oneshot::Sender<CommandResult>, Instant)> = Vec::new();
-        self.execute(&mut pending, &mut session, &mut export);
+        self.recover_primary(start);
+        self.execute(&mut pending, &mut session, &mut fronts);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -211,25 +291,24 @@ impl ResourceTask {
                             self.engine.handle(now(start), Input::Io { req, request });
                         }
                         ResourceMsg::Command { cmd, reply } => {
-                            if cmd == Command::Secondary && clients_of(&export) > 0 {
-                                // A client that just closed its socket may not be
-                                // noticed yet: give it a moment before refusing.
+                            if cmd == Command::Secondary && fronts.busy().is_some() {
+                                // A client that just closed its socket (or a mount just
+                                // released) may not be noticed yet: give it a moment.
                                 pending_demotions.push((reply, Instant::now() + Duration::from_millis(1500)));
                                 continue;
                             }
-                            let role_change = matches!(cmd, Command::Primary { .. } | Command::Secondary);
+                            let promotion = matches!(cmd, Command::Primary { .. });
+                            let role_change = promotion || cmd == Command::Secondary;
                             let r = self.engine.command(now(start), cmd);
-                            if role_change && !self.engine.peer_knows_state() {
-                                awaiting_peer.push((reply, r, Instant::now() + Duration::from_secs(2)));
+                            if role_change {
+                                awaiting.push((reply, r, Instant::now() + Duration::from_secs(2), promotion));
                             } else {
                                 let _ = reply.send(r);
                             }
                         }
                         ResourceMsg::Status { reply } => {
                             let mut st = self.engine.status();
-                            if let Some(e) = &export {
-                                st.devices.push(e.path.display().to_string());
-                            }
+                            st.devices.extend(fronts.devices());
                             let _ = reply.send(st);
                         }
                         ResourceMsg::Session(s) => {
@@ -242,52 +321,134 @@ impl ResourceTask {
                             }
                             self.engine.handle(now(start), Input::PeerConnected { session: id, features: hablock_proto::peer::features::ALL });
                         }
+                        ResourceMsg::FrontendChanged => {}
                         ResourceMsg::Shutdown { done } => {
                             shutdown_done = Some(done);
+                            // The device's in-flight I/O still needs answers while it
+                            // stops: the loop runs until it is gone.
+                            if fronts.ublk.as_ref().is_some_and(|u| u.in_use()) {
+                                if let Some(u) = fronts.ublk.take() {
+                                    warn!(resource = %self.name, device = %u.path().display(), "left in place with its I/O held: a restarted blockd re-attaches it");
+                                    u.abandon();
+                                    leave_primary = true;
+                                }
+                            } else {
+                                fronts.stop_ublk();
+                            }
                         }
                     }
                 }
             }
-            self.execute(&mut pending, &mut session, &mut export);
+            self.execute(&mut pending, &mut session, &mut fronts);
             if !pending_demotions.is_empty() {
-                let clients = clients_of(&export);
+                let busy = fronts.busy();
                 let now_i = Instant::now();
                 for (reply, deadline) in std::mem::take(&mut pending_demotions) {
-                    if clients == 0 {
-                        let r = self.engine.command(now(start), Command::Secondary);
-                        self.execute(&mut pending, &mut session, &mut export);
-                        awaiting_peer.push((reply, r, now_i + Duration::from_secs(2)));
-                    } else if now_i >= deadline {
-                        let _ = reply.send(CommandResult::Refused(format!(
-                            "{} is in use: {clients} NBD client(s) connected",
-                            self.name
-                        )));
-                    } else {
-                        pending_demotions.push((reply, deadline));
+                    match &busy {
+                        None => {
+                            let r = self.engine.command(now(start), Command::Secondary);
+                            self.execute(&mut pending, &mut session, &mut fronts);
+                            awaiting.push((reply, r, now_i + Duration::from_secs(2), false));
+                        }
+                        Some(why) if now_i >= deadline => {
+                            let _ = reply.send(CommandResult::Refused(format!(
+                                "{} is in use: {why}",
+                                self.name
+                            )));
+                        }
+                        Some(_) => pending_demotions.push((reply, deadline)),
                     }
                 }
             }
-            if !awaiting_peer.is_empty() {
-                let known = self.engine.peer_knows_state();
-                let now = Instant::now();
-                let (ready, wait): (Vec<_>, Vec<_>) = awaiting_peer
-                    .drain(..)
-                    .partition(|(_, _, deadline)| known || now >= *deadline);
-                awaiting_peer = wait;
-                for (reply, r, _) in ready {
-                    let _ = reply.send(r);
-                }
+            if !awaiting.is_empty() {
+                self.answer_role_changes(
+                    start,
+                    &mut awaiting,
+                    &mut pending,
+                    &mut session,
+                    &mut fronts,
+                );
             }
-            if shutdown_done.is_some() {
+            if shutdown_done.is_some() && fronts.settled() {
                 break;
             }
         }
-        self.stop(&mut export).await;
+        self.stop(&mut fronts, leave_primary).await;
         if let Some(s) = session.take() {
             s.reader.abort();
         }
         if let Some(done) = shutdown_done {
             let _ = done.send(());
+        }
+    }
+
+    /// Answers the role changes that are ready: the peer has seen the new role (or the
+    /// grace period ended) and the ublk device has settled. A promotion whose ublk device
+    /// failed to start is undone and refused.
+    fn answer_role_changes(
+        &mut self,
+        start: Instant,
+        awaiting: &mut Vec<(oneshot::Sender<CommandResult>, CommandResult, Instant, bool)>,
+        pending: &mut HashMap<ReqId, oneshot::Sender<IoOutcome>>,
+        session: &mut Option<Session>,
+        fronts: &mut Frontends,
+    ) {
+        let known = self.engine.peer_knows_state();
+        let settled = fronts.settled();
+        let now_i = Instant::now();
+        let (ready, wait): (Vec<_>, Vec<_>) = awaiting
+            .drain(..)
+            .partition(|(_, _, deadline, _)| settled && (known || now_i >= *deadline));
+        *awaiting = wait;
+        for (reply, r, _, promotion) in ready {
+            let failure = fronts.ublk_failure();
+            match (promotion, &r, failure) {
+                (true, CommandResult::Ok(_), Some(why)) => {
+                    error!(resource = %self.name, "promotion undone: {why}");
+                    self.engine.command(now(start), Command::Secondary);
+                    self.execute(pending, session, fronts);
+                    let _ = reply.send(CommandResult::Refused(format!(
+                        "{}: the ublk device did not start ({why}); still Secondary",
+                        self.name
+                    )));
+                }
+                _ => {
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+
+    /// After a crash while Primary, blockd found this resource's ublk device waiting for
+    /// a new server: promote again so the device can be re-attached. If the promotion is
+    /// refused, the device is deleted (its held I/O fails) rather than left hanging.
+    fn recover_primary(&mut self, start: Instant) {
+        let Some(u) = self.ublk.as_mut().filter(|u| u.recover) else {
+            return;
+        };
+        let id = u.id;
+        // The device proves this node was Primary until the crash; the peer is not
+        // connected yet, so only the "peer unknown" check is skipped: stale data is not
+        // promoted.
+        let result = if self.engine.persisted_state().disk == DiskState::UpToDate {
+            self.engine
+                .command(now(start), Command::Primary { force: true })
+        } else {
+            CommandResult::Refused("local data is not UpToDate".into())
+        };
+        match result {
+            CommandResult::Ok(_) => {
+                info!(resource = %self.name, ublk = id, "Primary again to re-attach /dev/ublkb{id} left by a crashed blockd");
+            }
+            CommandResult::Refused(why) => {
+                u.recover = false;
+                error!(resource = %self.name, ublk = id, "cannot re-attach /dev/ublkb{id} ({why}): deleting it; its held I/O fails");
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = ublk::delete(id) {
+                        warn!(ublk = id, "deleting /dev/ublkb{id}: {e}");
+                    }
+                });
+            }
         }
     }
 
@@ -304,15 +465,18 @@ impl ResourceTask {
         }
     }
 
-    async fn stop(&mut self, export: &mut Option<NbdExport>) {
-        if let Some(e) = export.take() {
+    async fn stop(&mut self, fronts: &mut Frontends, leave_primary: bool) {
+        if let Some(u) = fronts.ublk.take() {
+            let _ = tokio::task::spawn_blocking(move || u.stop()).await;
+        }
+        if let Some(e) = fronts.nbd.take() {
             let _ = e.shutdown.send(true);
             e.task.abort();
             let _ = std::fs::remove_file(&e.path);
         }
         let clean = self.engine.is_idle();
         let mut st = self.engine.persisted_state();
-        if clean && self.engine.role() == hablock_proto::types::Role::Primary {
+        if clean && !leave_primary && self.engine.role() == hablock_proto::types::Role::Primary {
             // A clean stop: no write can be half-done, so the crash flag is not needed.
             st.primary = false;
         }
@@ -343,7 +507,7 @@ impl ResourceTask {
         &mut self,
         pending: &mut HashMap<ReqId, oneshot::Sender<IoOutcome>>,
         session: &mut Option<Session>,
-        export: &mut Option<NbdExport>,
+        fronts: &mut Frontends,
     ) {
         loop {
             let actions = self.engine.take_actions();
@@ -351,7 +515,7 @@ impl ResourceTask {
                 return;
             }
             for action in actions {
-                self.execute_one(action, pending, session, export);
+                self.execute_one(action, pending, session, fronts);
             }
         }
     }
@@ -361,7 +525,7 @@ impl ResourceTask {
         action: Action,
         pending: &mut HashMap<ReqId, oneshot::Sender<IoOutcome>>,
         session: &mut Option<Session>,
-        export: &mut Option<NbdExport>,
+        fronts: &mut Frontends,
     ) {
         match action {
             Action::LocalRead { op, offset, len } => {
@@ -462,14 +626,20 @@ impl ResourceTask {
             }
             Action::SetExported(on) => {
                 if on {
-                    if export.is_none() {
-                        *export = self.start_export();
+                    if fronts.ublk.is_none() {
+                        fronts.ublk = self.start_ublk();
                     }
-                } else if let Some(e) = export.take() {
-                    let _ = e.shutdown.send(true);
-                    e.task.abort();
-                    let _ = std::fs::remove_file(&e.path);
-                    info!(resource = %self.name, path = %e.path.display(), "NBD export removed");
+                    if fronts.nbd.is_none() {
+                        fronts.nbd = self.start_export();
+                    }
+                } else {
+                    fronts.stop_ublk();
+                    if let Some(e) = fronts.nbd.take() {
+                        let _ = e.shutdown.send(true);
+                        e.task.abort();
+                        let _ = std::fs::remove_file(&e.path);
+                        info!(resource = %self.name, path = %e.path.display(), "NBD export removed");
+                    }
                 }
             }
             Action::WantConnection(on) => {
@@ -497,6 +667,33 @@ impl ResourceTask {
         }
     }
 
+    fn handle(&self) -> ResourceHandle {
+        ResourceHandle {
+            tx: self.tx.clone(),
+            size: self.engine.size_bytes(),
+        }
+    }
+
+    /// Adds (or re-attaches) the ublk device, when one is configured.
+    fn start_ublk(&mut self) -> Option<UblkDevice> {
+        let (logical_block, physical_block) = self.backing.block_sizes();
+        let size_bytes = self.engine.size_bytes();
+        let handle = self.handle();
+        let u = self.ublk.as_mut()?;
+        let spec = UblkSpec {
+            resource: self.name.clone(),
+            id: u.id,
+            queues: u.queues,
+            depth: u.depth,
+            size_bytes,
+            logical_block,
+            physical_block,
+            recover: u.recover,
+        };
+        u.recover = false;
+        Some(UblkDevice::start(spec, handle, self.tx.clone()))
+    }
+
     fn start_export(&self) -> Option<NbdExport> {
         let path = self.nbd_socket.clone()?;
         let _ = std::fs::remove_file(&path);
@@ -512,10 +709,7 @@ impl ResourceTask {
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let clients = Arc::new(AtomicUsize::new(0));
-        let handle = Arc::new(ResourceHandle {
-            tx: self.tx.clone(),
-            size: self.engine.size_bytes(),
-        });
+        let handle = Arc::new(self.handle());
         let name = self.name.clone();
         let c = clients.clone();
         let task = tokio::spawn(async move {
