@@ -11,4 +11,5 @@
 //!   service up to a limit.
 //! - [`policy`]: where a group should run, decided the same way on both nodes.
 
+pub mod group;
 pub mod membership;
