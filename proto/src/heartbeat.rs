@@ -23,7 +23,7 @@
 //! | 24 | 8 | sequence (per link, grows by one per packet within a generation) |
 //! | 32 | n | sender node name, UTF-8 |
 //! | 32+n | 1 | group count `g`, 0..=[`MAX_GROUPS`] |
-//! | … | g × (2+m) | per group: name length `m` (1..=[`MAX_NAME`]), name, [`group_flags`] |
+//! | … | g × (2+m) | per group: name length `m` (1..=[`MAX_NAME`]), name, [`group_flags`] (held, moved to sender or receiver, failed) |
 //! | len−32 | 32 | HMAC-SHA256(secret, bytes 0..len−32) |
 //!
 //! The smallest packet is [`MIN_LEN`] bytes, the largest [`MAX_LEN`]; anything outside
@@ -91,8 +91,11 @@ pub mod group_flags {
     pub const MOVE_TO_SENDER: u8 = 1 << 1;
     /// An administrator moved the group to the receiver.
     pub const MOVE_TO_RECEIVER: u8 = 1 << 2;
+    /// The group failed on the sender (start failure or restart limit): the sender
+    /// will not take it while the receiver can.
+    pub const FAILED: u8 = 1 << 3;
     /// Every bit this version defines.
-    pub const ALL: u8 = HELD | MOVE_TO_SENDER | MOVE_TO_RECEIVER;
+    pub const ALL: u8 = HELD | MOVE_TO_SENDER | MOVE_TO_RECEIVER | FAILED;
 }
 
 /// Where an administrator asked a group to run, relative to the packet's sender.
@@ -111,6 +114,8 @@ pub struct GroupView {
     pub name: String,
     /// The group is not fully stopped on the sender.
     pub held: bool,
+    /// The group failed on the sender and is not to be placed there.
+    pub failed: bool,
     /// A pending administrator move, if any.
     pub moved_to: Option<MoveTarget>,
 }
@@ -246,6 +251,9 @@ pub fn encode(hb: &Heartbeat, secret: &[u8]) -> Result<Vec<u8>, HeartbeatError> 
         if g.held {
             gf |= group_flags::HELD;
         }
+        if g.failed {
+            gf |= group_flags::FAILED;
+        }
         match g.moved_to {
             None => {}
             Some(MoveTarget::Sender) => gf |= group_flags::MOVE_TO_SENDER,
@@ -344,6 +352,7 @@ pub fn decode(bytes: &[u8], secret: &[u8]) -> Result<Heartbeat, HeartbeatError> 
         groups.push(GroupView {
             name,
             held: gf & group_flags::HELD != 0,
+            failed: gf & group_flags::FAILED != 0,
             moved_to,
         });
     }

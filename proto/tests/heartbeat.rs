@@ -47,10 +47,11 @@ fn golden() -> Vec<(Heartbeat, &'static str)> {
                     sees_peer: true,
                     ping_ok: true,
                     groups: vec![
-                        GroupView { name: "web".into(), held: true, moved_to: None },
+                        GroupView { name: "web".into(), held: true, failed: false, moved_to: None },
                         GroupView {
                             name: "db".into(),
                             held: false,
+                            failed: false,
                             moved_to: Some(MoveTarget::Receiver),
                         },
                     ],
@@ -72,11 +73,12 @@ fn golden() -> Vec<(Heartbeat, &'static str)> {
                     groups: vec![GroupView {
                         name: "web".into(),
                         held: false,
+                        failed: true,
                         moved_to: Some(MoveTarget::Sender),
                     }],
                 },
             },
-            "48424842010102050000000000000000ffffffffffffffffffffffffffffffff736c6176650103776562026270803ac01de2cb22f3f7139bbb96e635cd72a9cb66ed66216e235599acf373",
+            "48424842010102050000000000000000ffffffffffffffffffffffffffffffff736c61766501037765620a82d197b9be6db7c459999500aef0f423e0115b47bb19b1ec5558831434e73e24",
         ),
     ]
 }
@@ -175,7 +177,7 @@ fn authenticated_but_malformed_fields() {
         ),
         ([head(0, 1), b"m\x01\x03web".to_vec()].concat(), "truncated"),
         (
-            [head(0, 1), b"m\x01\x03web\x08".to_vec()].concat(),
+            [head(0, 1), b"m\x01\x03web\x10".to_vec()].concat(),
             "unknown group flag bits",
         ),
         (
@@ -242,6 +244,7 @@ fn the_largest_packet_fits_max_len() {
                 .map(|i| GroupView {
                     name: format!("{i}").repeat(MAX_NAME),
                     held: true,
+                    failed: true,
                     moved_to: Some(MoveTarget::Receiver),
                 })
                 .collect(),
@@ -263,16 +266,17 @@ fn arb_name() -> impl Strategy<Value = String> {
 fn arb_heartbeat() -> impl Strategy<Value = Heartbeat> {
     let group = (
         arb_name(),
-        any::<bool>(),
+        any::<(bool, bool)>(),
         prop_oneof![
             Just(None),
             Just(Some(MoveTarget::Sender)),
             Just(Some(MoveTarget::Receiver))
         ],
     )
-        .prop_map(|(name, held, moved_to)| GroupView {
+        .prop_map(|(name, (held, failed), moved_to)| GroupView {
             name,
             held,
+            failed,
             moved_to,
         });
     (
