@@ -13,3 +13,4 @@
 
 pub mod group;
 pub mod membership;
+pub mod policy;
