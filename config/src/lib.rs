@@ -22,6 +22,10 @@ use thiserror::Error;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hablock/hablock.toml";
 /// Where sockets live unless `--run-dir` says otherwise.
 pub const DEFAULT_RUN_DIR: &str = "/run/hablock";
+/// Longest node or group name, in bytes (a heartbeat packet carries them).
+pub const MAX_NAME: usize = 64;
+/// Most groups one cluster may have (a heartbeat packet describes all of them).
+pub const MAX_GROUPS: usize = 8;
 
 /// A configuration problem. The `Display` form is one line for the operator.
 #[derive(Debug, Error)]
@@ -142,6 +146,9 @@ impl Config {
         let s = |v: &mut String| *v = v.replace("{node}", node);
         let p = |v: &mut PathBuf| *v = PathBuf::from(v.to_string_lossy().replace("{node}", node));
         s(&mut self.cluster.name);
+        if let Some(f) = &mut self.heartbeat.fence {
+            s(f);
+        }
         p(&mut self.cluster.secret_file);
         for r in self.resources.values_mut() {
             p(&mut r.backing);
@@ -205,6 +212,13 @@ impl Config {
         }
         let lens: Vec<usize> = self.nodes.values().map(|n| n.heartbeat.len()).collect();
         for (name, n) in &self.nodes {
+            if name.len() > MAX_NAME {
+                return Err(err(
+                    &format!("nodes.{name}"),
+                    None,
+                    format!("node names are at most {MAX_NAME} bytes"),
+                ));
+            }
             if n.heartbeat.is_empty() {
                 return Err(err(
                     &format!("nodes.{name}"),
@@ -284,8 +298,32 @@ impl Config {
                 ));
             }
         }
+        if self.groups.len() > MAX_GROUPS {
+            return Err(err(
+                "groups",
+                None,
+                format!(
+                    "at most {MAX_GROUPS} groups are supported, found {}",
+                    self.groups.len()
+                ),
+            ));
+        }
+        if hb.fence.as_deref().is_some_and(|f| f.trim().is_empty()) {
+            return Err(err(
+                "heartbeat",
+                Some("fence"),
+                "must be a command, or be left out".into(),
+            ));
+        }
         for (name, g) in &self.groups {
             let table = format!("groups.{name}");
+            if name.len() > MAX_NAME {
+                return Err(err(
+                    &table,
+                    None,
+                    format!("group names are at most {MAX_NAME} bytes"),
+                ));
+            }
             if let Some(p) = &g.preferred {
                 if !self.nodes.contains_key(p) {
                     return Err(err(

@@ -67,6 +67,15 @@ pub struct HeartbeatConfig {
     pub initdead: Duration,
     /// Move groups back to their preferred node when it returns (default true).
     pub auto_failback: bool,
+    /// Ping targets (default none). A node that reaches none of them does not take a
+    /// group over, and a holder that loses all of them hands its groups to a peer that
+    /// still reaches one. With no targets, reachability is not considered.
+    pub ping: Vec<IpAddr>,
+    /// Command that fences the peer (powers it off) before a group is taken over from
+    /// a peer declared dead (default none: take over without fencing). Exit status 0
+    /// means fenced; anything else refuses the takeover. May contain `{node}`, and
+    /// `{peer}` which clusterd replaces with the peer's name when it runs it.
+    pub fence: Option<String>,
 }
 
 impl Default for HeartbeatConfig {
@@ -78,6 +87,8 @@ impl Default for HeartbeatConfig {
             deadtime: Duration::from_secs(10),
             initdead: Duration::from_secs(30),
             auto_failback: true,
+            ping: Vec::new(),
+            fence: None,
         }
     }
 }

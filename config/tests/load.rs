@@ -170,3 +170,51 @@ fn secret_file_modes() {
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(cfg.read_secret().unwrap_err().to_string().contains("empty"));
 }
+
+#[test]
+fn heartbeat_ping_and_fence() {
+    let cfg = Config::parse_str(&example_text(), "hablock.toml", "master").unwrap();
+    assert!(cfg.heartbeat.ping.is_empty());
+    assert_eq!(cfg.heartbeat.fence, None);
+    let text = example_text().replace(
+        "auto_failback = true",
+        "auto_failback = true\nping = [\"10.213.0.1\"]\nfence = \"/usr/local/bin/fence {node} {peer}\"",
+    );
+    let cfg = Config::parse_str(&text, "hablock.toml", "slave").unwrap();
+    assert_eq!(
+        cfg.heartbeat.ping,
+        vec!["10.213.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        cfg.heartbeat.fence.as_deref(),
+        Some("/usr/local/bin/fence slave {peer}")
+    );
+    let text = example_text().replace(
+        "auto_failback = true",
+        "auto_failback = true\nping = [\"nope\"]",
+    );
+    assert_eq!(error_of(&text).1, "heartbeat.ping[0]");
+    let text = example_text().replace(
+        "auto_failback = true",
+        "auto_failback = true\nfence = \" \"",
+    );
+    assert_eq!(error_of(&text).1, "heartbeat.fence");
+}
+
+#[test]
+fn heartbeat_packet_limits_on_names_and_groups() {
+    let long = "g".repeat(65);
+    let text = example_text().replace("[groups.web]", &format!("[groups.{long}]"));
+    let (_, key, msg) = error_of(&text);
+    assert_eq!(key, format!("groups.{long}"));
+    assert!(msg.contains("64"), "{msg}");
+    let mut text = example_text();
+    for i in 0..8 {
+        text.push_str(&format!(
+            "\n[groups.extra{i}]\nresources = [{{ type = \"block\", resource = \"r0\" }}]\n"
+        ));
+    }
+    let (_, key, msg) = error_of(&text);
+    assert_eq!(key, "groups");
+    assert!(msg.contains("at most 8"), "{msg}");
+}

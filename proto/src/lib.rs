@@ -4,8 +4,10 @@
 //!   over TCP (handshake, authentication, data, acks, resync, verify).
 //! - [`control`]: the control protocol on the Unix socket in the run directory
 //!   (`blockctl` and `clusterd` talk to `blockd` through it).
+//! - [`heartbeat`]: the authenticated UDP heartbeat `clusterd` sends on every link.
 //! - [`types`]: the state enums both protocols and the status output share.
 
 pub mod control;
+pub mod heartbeat;
 pub mod peer;
 pub mod types;
