@@ -491,7 +491,17 @@ async fn serve_request(
         Ok(IoOutcome::Done) if op == sys::UBLK_IO_OP_WRITE => len as i32,
         Ok(IoOutcome::Done) if op == sys::UBLK_IO_OP_READ => -libc::EIO,
         Ok(IoOutcome::Done) => 0,
-        Ok(IoOutcome::Failed(e)) => -e.abs().max(1),
-        Err(e) => -super::io::errno(&e),
+        Ok(IoOutcome::Failed(e)) => as_block_error(e),
+        Err(e) => as_block_error(super::io::errno(&e)),
+    }
+}
+
+/// The kernel's result for a failed request: an unsupported or malformed request keeps
+/// its errno; anything the backing device or the replication said is an I/O error
+/// (`ENOSPC` from a vanished disk would otherwise read as "out of space").
+fn as_block_error(errno: i32) -> i32 {
+    match errno.abs() {
+        libc::EOPNOTSUPP | libc::EINVAL => -errno.abs(),
+        _ => -libc::EIO,
     }
 }
