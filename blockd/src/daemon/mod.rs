@@ -162,6 +162,13 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         },
     ));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut watchdog_usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut watchdog_usec) {
+        tokio::spawn(ping_watchdog(
+            std::time::Duration::from_micros(watchdog_usec),
+            inboxes.clone(),
+        ));
+    }
     info!(node = %opts.node, socket = %sock.display(), "blockd ready");
 
     wait_for_signal().await;
@@ -202,6 +209,32 @@ async fn find_left_device(resource: &str, id: u32) -> bool {
             );
             let _ = tokio::task::spawn_blocking(move || ublk::delete(id)).await;
             false
+        }
+    }
+}
+
+/// Pings systemd's watchdog at half its interval, but only while every resource task
+/// answers a status request: a stuck resource gets blockd restarted (and its ublk
+/// device re-attached) instead of hanging its I/O forever.
+async fn ping_watchdog(
+    interval: std::time::Duration,
+    resources: BTreeMap<String, mpsc::Sender<ResourceMsg>>,
+) {
+    let period = interval / 2;
+    loop {
+        tokio::time::sleep(period).await;
+        let mut healthy = true;
+        for (name, tx) in &resources {
+            let (reply, rx) = oneshot::channel();
+            let answered = tx.send(ResourceMsg::Status { reply }).await.is_ok()
+                && matches!(tokio::time::timeout(period, rx).await, Ok(Ok(_)));
+            if !answered {
+                warn!(resource = %name, "resource task does not answer: not pinging the watchdog");
+                healthy = false;
+            }
+        }
+        if healthy {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         }
     }
 }
