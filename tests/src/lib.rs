@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod netns;
+
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::fs;

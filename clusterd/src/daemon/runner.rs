@@ -150,6 +150,8 @@ pub struct Runner {
     events: broadcast::Sender<ClusterEvent>,
     tx: mpsc::Sender<Msg>,
     shutting_down: bool,
+    dropped: u64,
+    last_drop_log: Option<Instant>,
 }
 
 /// What the runner is built from.
@@ -199,6 +201,8 @@ impl Runner {
             standby: false,
             last_failover: None,
             shutting_down: false,
+            dropped: 0,
+            last_drop_log: None,
             me: p.me,
             peer: p.peer,
             cfg: p.cfg,
@@ -351,7 +355,16 @@ impl Runner {
                 }
             }
             Err(e) => {
-                debug!(link, peer = %self.peer, "heartbeat dropped: {e}");
+                self.dropped += 1;
+                let quiet = self
+                    .last_drop_log
+                    .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
+                if quiet {
+                    debug!(link, peer = %self.peer, "heartbeat refused: {e}");
+                } else {
+                    self.last_drop_log = Some(now);
+                    warn!(link, peer = %self.peer, refused_total = self.dropped, "heartbeat refused: {e}");
+                }
                 return;
             }
         }

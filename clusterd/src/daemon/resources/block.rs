@@ -71,20 +71,33 @@ pub fn peer_primary_via_replication(s: &ResourceStatus) -> bool {
     s.peer_role == Role::Primary && connected(s.connection)
 }
 
+/// Longest a promotion waits for the local data to become UpToDate (a resync after
+/// the peer returned).
+pub const PROMOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(40);
+
 /// Promotes the resource. With the peer unreachable on the replication link the
 /// promotion is forced (clusterd only gets here once the policy decided the peer is
-/// dead and not Primary on a live link); data that is not UpToDate is never forced.
+/// dead and not Primary on a live link); data that is not UpToDate is never forced:
+/// a running resync is waited for (up to [`PROMOTE_WAIT`]).
 pub async fn promote(ctx: &AgentContext, resource: &str) -> StepResult {
-    let st = status(&ctx.run_dir, resource, ctx.blockd_timeout).await?;
-    if st.role == Role::Primary {
-        return Ok(());
-    }
-    if st.disk != DiskState::UpToDate {
-        return Err(StepError::Failed(format!(
-            "{resource}: local data is {}, refusing to promote it",
-            st.disk
-        )));
-    }
+    let deadline = tokio::time::Instant::now() + PROMOTE_WAIT;
+    let st = loop {
+        let st = status(&ctx.run_dir, resource, ctx.blockd_timeout).await?;
+        if st.role == Role::Primary {
+            return Ok(());
+        }
+        let syncing = st.connection == ConnState::SyncTarget;
+        if st.disk == DiskState::UpToDate && !syncing {
+            break st;
+        }
+        if !connected(st.connection) || tokio::time::Instant::now() >= deadline {
+            return Err(StepError::Failed(format!(
+                "{resource}: local data is {} ({}), refusing to promote it",
+                st.disk, st.connection
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let force = !connected(st.connection);
     let req = Request::Primary {
         resource: resource.to_string(),
