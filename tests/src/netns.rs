@@ -539,7 +539,9 @@ resources = [
         text.split_whitespace().next()?.parse().ok()
     }
 
-    /// Starts a background capture in the bridge namespace; stopped on drop or with
+    /// Starts a background capture on an interface of the bridge namespace (a bridge
+    /// sees only broadcasts and its own traffic; a port sees all of its node's);
+    /// stopped on drop or with
     /// [`Capture::finish`].
     pub fn capture(&self, bridge: &str, filter: &[&str], pcap: bool) -> Result<Capture> {
         require_tool("tcpdump");
@@ -553,6 +555,9 @@ resources = [
             "exec",
             &self.ns("br"),
             "tcpdump",
+            "--immediate-mode",
+            "-Z",
+            "root",
             "-i",
             bridge,
             "-n",

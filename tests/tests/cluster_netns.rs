@@ -68,7 +68,10 @@ fn power_loss_of_the_master_moves_the_vip_with_gratuitous_arp() {
     let text = std::fs::read_to_string(cap.finish()).unwrap();
     let garps = text
         .lines()
-        .filter(|l| l.starts_with(&mac_b) && l.contains(&format!("who-has {VIP} tell {VIP}")))
+        .filter(|l| {
+            l.contains(&format!("{mac_b} > ff:ff:ff:ff:ff:ff"))
+                && l.contains(&format!("who-has {VIP} tell {VIP}"))
+        })
         .count();
     assert!(
         garps >= 5,
@@ -247,7 +250,7 @@ fn forged_replayed_and_garbage_input_is_refused_and_the_daemon_keeps_running() {
     // Capture real heartbeats from the slave to the master on the replication bridge.
     let mut cap = lab
         .capture(
-            "br1",
+            "b1",
             &[
                 "udp",
                 "and",

@@ -398,7 +398,18 @@ impl Runner {
     fn membership_event(&mut self, ev: MembershipEvent, now: Instant) {
         let peer = self.peer.clone();
         match ev {
-            MembershipEvent::SendHeartbeats => self.send_heartbeats(),
+            MembershipEvent::SendHeartbeats => {
+                // A probing group counts as held; advertising that would make a
+                // peer that really holds it release it (both hold -> tie-break).
+                // Probes take milliseconds: stay silent until they are done.
+                if self
+                    .groups
+                    .iter()
+                    .all(|g| g.group.state() != GroupState::Probing)
+                {
+                    self.send_heartbeats();
+                }
+            }
             MembershipEvent::PeerUp { generation } => {
                 info!(peer = %peer, generation = format!("{generation:#x}"), "peer is alive");
                 self.fence = FenceState::NotConfigured;
