@@ -1,8 +1,7 @@
-//! The sans-IO core of `clusterd`, hablock's cluster manager.
+//! `clusterd`, hablock's cluster manager: a sans-IO core and a thin daemon shell.
 //!
-//! Three pure state machines and one pure function; none of them performs I/O or
-//! reads a clock (every input carries `now`). The daemon is a thin shell that
-//! receives and sends heartbeats, runs resource steps, and feeds the results back.
+//! The core is three pure state machines and one pure function; none of them performs
+//! I/O or reads a clock (every input carries `now`):
 //!
 //! - [`membership`]: peer liveness from heartbeats on every link (Heartbeat's
 //!   `keepalive`, `warntime`, `deadtime`, `initdead`), per-link state, replay checks.
@@ -10,7 +9,13 @@
 //!   rollback of a failed start, re-adoption by probing, local restarts of a failing
 //!   service up to a limit.
 //! - [`policy`]: where a group should run, decided the same way on both nodes.
+//!
+//! The shell ([`daemon`]) receives and sends heartbeats, runs resource steps (blockd,
+//! mounts, addresses, gratuitous ARP, services) and feeds the results back; [`cli`]
+//! holds what `clusterd` and `clusterctl` share.
 
+pub mod cli;
+pub mod daemon;
 pub mod group;
 pub mod membership;
 pub mod policy;

@@ -325,3 +325,244 @@ pub struct Event {
     #[serde(default)]
     pub message: Option<String>,
 }
+
+// ---- clusterd's control socket (`clusterctl` <-> `clusterd`) ----
+//
+// Same framing as above; the bodies are [`ClusterRequest`] (tagged by `"cmd"`) and
+// [`ClusterResponse`] (tagged by `"reply"`). Same version policy.
+
+/// The commands clusterd knows, for telling a newer client's command from garbage.
+const CLUSTER_COMMANDS: [&str; 5] = ["status", "standby", "online", "move", "events"];
+
+/// A request from `clusterctl` to `clusterd`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum ClusterRequest {
+    /// The cluster's status ([`ClusterResponse::Status`]).
+    Status,
+    /// Put a node in standby (it gives its groups away); this node when absent.
+    Standby {
+        /// Node name.
+        #[serde(default)]
+        node: Option<String>,
+    },
+    /// Take a node out of standby and forget group failures on it; this node when
+    /// absent.
+    Online {
+        /// Node name.
+        #[serde(default)]
+        node: Option<String>,
+    },
+    /// Run a group on a node (sticky until the next move).
+    Move {
+        /// Group name.
+        group: String,
+        /// Node name.
+        node: String,
+    },
+    /// Subscribe: the connection then carries [`ClusterResponse::Event`]s until closed.
+    Events,
+}
+
+/// A reply from clusterd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "kebab-case")]
+pub enum ClusterResponse {
+    /// The command was carried out (or forwarded).
+    Ok {
+        /// Warnings the operator should see.
+        #[serde(default)]
+        warnings: Vec<String>,
+    },
+    /// The command was refused; `message` is one line.
+    Refused {
+        /// Why.
+        message: String,
+    },
+    /// The request could not be understood.
+    BadRequest {
+        /// Why.
+        message: String,
+    },
+    /// Status report.
+    Status(ClusterStatus),
+    /// One event (on an `events` subscription).
+    Event(ClusterEvent),
+}
+
+/// `clusterctl status --json` prints this object (the pinned fields of DESIGN.md and
+/// more).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node: String,
+    /// Both nodes, this one first.
+    pub nodes: Vec<NodeStatus>,
+    /// Every configured group.
+    pub groups: Vec<GroupStatus>,
+    /// The last takeover from a dead peer this node carried out, if any.
+    pub last_failover: Option<Failover>,
+    /// Conditions the operator should look at (a heartbeat link down, a late peer).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// One node in [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node name.
+    pub name: String,
+    /// Alive (always true for the answering node).
+    pub alive: bool,
+    /// In standby.
+    #[serde(default)]
+    pub standby: bool,
+    /// `alive`, `dead` or `unknown` (not heard yet, within `initdead`).
+    #[serde(default)]
+    pub liveness: String,
+    /// Reaches a ping target (or none configured).
+    #[serde(default)]
+    pub ping_ok: bool,
+    /// Heartbeats are not heard, but blockd reports the node Primary on a live
+    /// replication link.
+    #[serde(default)]
+    pub alive_via_replication: bool,
+    /// Heartbeat links: for the peer, what this node hears on each; for this node,
+    /// its own addresses.
+    pub links: Vec<LinkInfo>,
+}
+
+/// One heartbeat link in [`NodeStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    /// The node's address on the link.
+    pub address: String,
+    /// Heartbeats arrive on it (for this node: its socket is bound).
+    pub up: bool,
+    /// `up`, `down` or `unknown`.
+    #[serde(default)]
+    pub state: String,
+    /// Milliseconds since the last valid heartbeat on it (null: never).
+    pub last_seen_ms: Option<u64>,
+}
+
+/// One group in [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// Group name.
+    pub name: String,
+    /// The node holding it (not fully stopped there), or null.
+    pub holder: Option<String>,
+    /// The group's state on the answering node (`running`, `stopped`, `starting`,
+    /// `stopping`, `partial`, `probing`, `failed`).
+    #[serde(default)]
+    pub state: String,
+    /// The answering node's last placement verdict and why.
+    #[serde(default)]
+    pub verdict: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+    /// An administrator's move target, if any.
+    #[serde(default)]
+    pub moved_to: Option<String>,
+    /// The resources, in start order, with their state on the answering node.
+    pub resources: Vec<GroupResourceStatus>,
+}
+
+/// One resource of a group in [`GroupStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupResourceStatus {
+    /// `block`, `filesystem`, `vip`, `service`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What it is (resource name, mountpoint, address, command).
+    #[serde(default)]
+    pub name: String,
+    /// `stopped|starting|running|stopping|failed` on the answering node.
+    pub state: String,
+    /// Its last health check failed.
+    #[serde(default)]
+    pub check_failing: bool,
+}
+
+/// A takeover from a dead peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failover {
+    /// The dead peer.
+    pub from: String,
+    /// The node that took over.
+    pub to: String,
+    /// From the peer's last heartbeat to its declaration as dead, milliseconds.
+    pub detect_ms: u64,
+    /// From the start of the takeover until the group ran, milliseconds.
+    pub start_ms: u64,
+    /// The group taken over.
+    #[serde(default)]
+    pub group: String,
+    /// Wall-clock time of the takeover's end, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub time_ms: u64,
+}
+
+/// Something that happened in the cluster (`clusterctl events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterEvent {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The node reporting it.
+    pub node: String,
+    /// `peer-up`, `peer-dead`, `peer-late`, `peer-restarted`, `link-up`,
+    /// `link-down`, `group`, `verdict`, `standby`, `online`, `move`, `fence`,
+    /// `failover`, `refused`.
+    pub kind: String,
+    /// The group concerned, if any.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Free text.
+    pub message: String,
+}
+
+/// Encodes a clusterd request frame.
+pub fn encode_cluster_request(req: &ClusterRequest) -> Vec<u8> {
+    frame(serde_json::to_vec(req).unwrap_or_else(|_| b"{}".to_vec()))
+}
+
+/// Encodes a clusterd response frame.
+pub fn encode_cluster_response(resp: &ClusterResponse) -> Vec<u8> {
+    frame(serde_json::to_vec(resp).unwrap_or_else(|_| b"{}".to_vec()))
+}
+
+/// Decodes a clusterd request frame; `Ok(None)` when more bytes are needed.
+pub fn decode_cluster_request(buf: &[u8]) -> Result<Option<(ClusterRequest, usize)>, ControlError> {
+    let Some((body, total)) = check(buf)? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice::<ClusterRequest>(body) {
+        Ok(r) => Ok(Some((r, total))),
+        Err(e) => {
+            if let Ok(serde_json::Value::Object(map)) =
+                serde_json::from_slice::<serde_json::Value>(body)
+            {
+                if let Some(serde_json::Value::String(cmd)) = map.get("cmd") {
+                    if !CLUSTER_COMMANDS.contains(&cmd.as_str()) {
+                        return Err(ControlError::UnknownCommand(cmd.clone()));
+                    }
+                }
+            }
+            Err(ControlError::InvalidBody(e.to_string()))
+        }
+    }
+}
+
+/// Decodes a clusterd response frame; `Ok(None)` when more bytes are needed.
+pub fn decode_cluster_response(
+    buf: &[u8],
+) -> Result<Option<(ClusterResponse, usize)>, ControlError> {
+    let Some((body, total)) = check(buf)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice::<ClusterResponse>(body)
+        .map(|r| Some((r, total)))
+        .map_err(|e| ControlError::InvalidBody(e.to_string()))
+}

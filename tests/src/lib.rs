@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod lab;
+pub mod netns;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;

@@ -1,0 +1,137 @@
+//! The heartbeat links: one UDP socket per configured heartbeat address of this node
+//! (link i = the i-th address), bound to `[heartbeat] port`. Received datagrams are
+//! authenticated and checked (cluster, sender, source address) here; what passes
+//! goes to the runner. Everything refused is logged, rate-limited.
+
+use super::runner::Msg;
+use hablock_proto::heartbeat::{self, Heartbeat};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// Counts of refused datagrams, for status.
+#[derive(Debug, Default)]
+pub struct DropCounters {
+    /// Failed authentication, bad magic/version/length.
+    pub bad_packet: AtomicU64,
+    /// Authenticated, but from another cluster, node or source address.
+    pub wrong_sender: AtomicU64,
+}
+
+/// What a receiver checks a datagram against.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// The cluster secret.
+    pub secret: Arc<Vec<u8>>,
+    /// [`heartbeat::cluster_id`] of the cluster name.
+    pub cluster_id: u64,
+    /// The peer's name.
+    pub peer: String,
+    /// The peer's address on each link.
+    pub peer_addrs: Vec<IpAddr>,
+}
+
+/// Binds one socket per address.
+pub async fn bind(addrs: &[IpAddr], port: u16) -> anyhow::Result<Vec<Arc<UdpSocket>>> {
+    use anyhow::Context;
+    let mut out = Vec::new();
+    for a in addrs {
+        let s = UdpSocket::bind(SocketAddr::new(*a, port))
+            .await
+            .with_context(|| format!("binding heartbeat UDP {a}:{port}"))?;
+        out.push(Arc::new(s));
+    }
+    Ok(out)
+}
+
+/// A rate limiter for log lines a peer (or anyone on the LAN) can trigger.
+struct LogLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// Some(suppressed count) when a line may be logged now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// Receives on link `link` forever, sending accepted heartbeats to the runner.
+pub async fn receive(
+    link: usize,
+    sock: Arc<UdpSocket>,
+    cfg: ReceiverConfig,
+    tx: mpsc::Sender<Msg>,
+    drops: Arc<DropCounters>,
+) {
+    let mut buf = vec![0u8; 2048];
+    let mut limit = LogLimit {
+        last: None,
+        suppressed: 0,
+    };
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(link, "heartbeat receive: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let refuse = |why: String, counter: &AtomicU64, limit: &mut LogLimit| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = limit.allow() {
+                warn!(link, %from, suppressed, "refused heartbeat datagram: {why}");
+            }
+        };
+        let hb: Heartbeat = match heartbeat::decode(&buf[..n], &cfg.secret) {
+            Ok(hb) => hb,
+            Err(e) => {
+                refuse(e.to_string(), &drops.bad_packet, &mut limit);
+                continue;
+            }
+        };
+        if hb.cluster_id != cfg.cluster_id {
+            refuse(
+                "from another cluster".into(),
+                &drops.wrong_sender,
+                &mut limit,
+            );
+            continue;
+        }
+        if hb.node != cfg.peer {
+            refuse(
+                format!("from node {:?}, not the peer", hb.node),
+                &drops.wrong_sender,
+                &mut limit,
+            );
+            continue;
+        }
+        if cfg.peer_addrs.get(link) != Some(&from.ip()) {
+            refuse(
+                "source address is not the peer's address on this link".into(),
+                &drops.wrong_sender,
+                &mut limit,
+            );
+            continue;
+        }
+        if tx.send(Msg::Heartbeat { link, hb }).await.is_err() {
+            return;
+        }
+    }
+}

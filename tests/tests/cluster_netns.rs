@@ -1,0 +1,359 @@
+//! End-to-end tests of clusterd: two nodes (blockd + clusterd each) and a client in
+//! network namespaces joined by bridges; the client fetches a page from the VIP while
+//! nodes lose power, links are cut and daemons crash. Root only (CI runs as root).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use hablock_tests::netns::{pcap_udp_payloads, Lab, LabOptions, HB_PORT, MASTER, SLAVE, VIP};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(20);
+
+fn group(s: &serde_json::Value) -> &serde_json::Value {
+    &s["groups"][0]
+}
+
+#[test]
+fn master_holds_the_group_and_serves_the_vip() {
+    let lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    assert_eq!(lab.client_get_within(T).unwrap(), "hello from the VIP\n");
+    let s = lab.status(SLAVE).unwrap();
+    assert_eq!(group(&s)["holder"], MASTER);
+    assert_eq!(s["nodes"][1]["name"], MASTER);
+    assert_eq!(s["nodes"][1]["alive"], true);
+    let links = s["nodes"][1]["links"].as_array().unwrap();
+    assert_eq!(links.len(), 2);
+    assert!(links
+        .iter()
+        .all(|l| l["up"] == true && l["last_seen_ms"].as_u64().unwrap() < 1000));
+    assert!(s["last_failover"].is_null());
+    let b = lab.block_status(MASTER).unwrap();
+    assert_eq!(b["role"], "Primary");
+    let human = lab.ctl_ok("clusterctl", MASTER, &["status"]).unwrap();
+    assert!(human.contains("group web: held by master"), "{human}");
+}
+
+#[test]
+fn power_loss_of_the_master_moves_the_vip_with_gratuitous_arp() {
+    let mut lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    lab.client_get_within(T).unwrap();
+    let (mac_a, mac_b) = (lab.mac(MASTER).unwrap(), lab.mac(SLAVE).unwrap());
+    let before = lab.client_neigh().unwrap();
+    assert!(before.contains(&mac_a), "client's entry before: {before}");
+    let mut cap = lab.capture("br0", &["arp"], false).unwrap();
+
+    let t0 = Instant::now();
+    lab.kill_all_in(MASTER);
+    lab.unplug(MASTER).unwrap();
+    let s = lab.wait_group(SLAVE, SLAVE, T).unwrap();
+    let took = t0.elapsed();
+    // The client has not sent anything since: its entry was rewritten by the GARP.
+    let after = lab.client_neigh().unwrap();
+    assert!(
+        after.contains(&mac_b),
+        "client's entry after takeover: {after}"
+    );
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+
+    let f = &s["last_failover"];
+    assert_eq!(f["from"], MASTER);
+    assert_eq!(f["to"], SLAVE);
+    let detect = f["detect_ms"].as_u64().unwrap();
+    assert!((900..3000).contains(&detect), "detect_ms {detect}");
+    assert!(f["start_ms"].as_u64().is_some());
+    assert_eq!(s["nodes"][1]["alive"], false);
+    eprintln!("takeover in {took:?}: {f}");
+
+    std::thread::sleep(Duration::from_millis(600));
+    let text = std::fs::read_to_string(cap.finish()).unwrap();
+    let garps = text
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("{mac_b} > ff:ff:ff:ff:ff:ff"))
+                && l.contains(&format!("who-has {VIP} tell {VIP}"))
+        })
+        .count();
+    assert!(
+        garps >= 5,
+        "expected 5 gratuitous ARPs from {mac_b}:\n{text}"
+    );
+}
+
+/// A node that lost power comes back: with auto_failback the group returns to the
+/// preferred node; without it, it stays where it runs.
+fn master_returns(auto_failback: bool) {
+    let opts = LabOptions {
+        auto_failback,
+        ..LabOptions::default()
+    };
+    let mut lab = Lab::running(opts, MASTER).unwrap();
+    lab.kill_all_in(MASTER);
+    lab.unplug(MASTER).unwrap();
+    lab.wait_group(SLAVE, SLAVE, T).unwrap();
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+
+    lab.plug(MASTER).unwrap();
+    lab.start(MASTER, "blockd").unwrap();
+    lab.start(MASTER, "clusterd").unwrap();
+    lab.wait_cluster(MASTER, "peer alive", T, |s| s["nodes"][1]["alive"] == true)
+        .unwrap();
+    if auto_failback {
+        lab.wait_group(MASTER, MASTER, Duration::from_secs(40))
+            .unwrap();
+        lab.wait_group(SLAVE, MASTER, T).unwrap();
+        assert_eq!(lab.block_status(MASTER).unwrap()["role"], "Primary");
+    } else {
+        // Give a wrong failback every chance to happen.
+        std::thread::sleep(Duration::from_secs(3));
+        lab.wait_group(MASTER, SLAVE, T).unwrap();
+        assert_eq!(lab.block_status(SLAVE).unwrap()["role"], "Primary");
+    }
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn returning_master_takes_the_group_back_with_auto_failback() {
+    master_returns(true);
+}
+
+#[test]
+fn returning_master_leaves_the_group_without_auto_failback() {
+    master_returns(false);
+}
+
+#[test]
+fn clusterd_killed_and_restarted_readopts_the_running_group() {
+    let mut lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    lab.client_get_within(T).unwrap();
+    let pid = lab.service_pid(MASTER).unwrap();
+    lab.kill9(MASTER, "clusterd");
+    std::thread::sleep(Duration::from_millis(300));
+    lab.start(MASTER, "clusterd").unwrap();
+    let s = lab.wait_group(MASTER, MASTER, T).unwrap();
+    assert_eq!(
+        lab.service_pid(MASTER),
+        Some(pid),
+        "the service was restarted"
+    );
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    assert!(s["last_failover"].is_null());
+    // The slave never took it.
+    let s = lab.wait_group(SLAVE, MASTER, T).unwrap();
+    assert!(s["last_failover"].is_null(), "{s}");
+    let log = std::fs::read_to_string(lab.log(MASTER, "clusterd")).unwrap();
+    assert!(
+        log.contains("running=3 total=3"),
+        "no re-adoption in the log"
+    );
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn one_heartbeat_link_cut_warns_without_failover() {
+    let lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    lab.set_link(MASTER, 0, false).unwrap();
+    let s = lab
+        .wait_cluster(SLAVE, "link 0 down", T, |s| {
+            s["nodes"][1]["links"][0]["up"] == false
+        })
+        .unwrap();
+    assert_eq!(s["nodes"][1]["links"][1]["up"], true);
+    assert_eq!(s["nodes"][1]["alive"], true);
+    let warnings = s["warnings"].to_string();
+    assert!(warnings.contains("link 0"), "{s}");
+    std::thread::sleep(Duration::from_secs(2));
+    let s = lab.wait_group(SLAVE, MASTER, T).unwrap();
+    assert!(s["last_failover"].is_null());
+    lab.set_link(MASTER, 0, true).unwrap();
+    lab.wait_cluster(SLAVE, "link 0 up again", T, |s| {
+        s["nodes"][1]["links"][0]["up"] == true && s["warnings"].as_array().unwrap().is_empty()
+    })
+    .unwrap();
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn all_heartbeat_links_cut_with_replication_alive_does_not_take_over() {
+    let lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    // Drop heartbeats (and only them) in the master's namespace, both directions.
+    let rules = format!(
+        "add table inet hbt\n\
+         add chain inet hbt in {{ type filter hook input priority 0; }}\n\
+         add chain inet hbt out {{ type filter hook output priority 0; }}\n\
+         add rule inet hbt in udp dport {HB_PORT} drop\n\
+         add rule inet hbt out udp dport {HB_PORT} drop\n"
+    );
+    let f = lab.dir.path().join("cut.nft");
+    std::fs::write(&f, rules).unwrap();
+    let out = lab
+        .exec(MASTER, &["nft", "-f", f.to_str().unwrap()])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = lab
+        .wait_cluster(SLAVE, "peer dead by heartbeats", T, |s| {
+            s["nodes"][1]["alive"] == false
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let s2 = lab.status(SLAVE).unwrap();
+    assert_eq!(s2["nodes"][1]["alive_via_replication"], true, "{s2}");
+    assert!(
+        s2["warnings"].to_string().contains("alive via replication"),
+        "{s2}"
+    );
+    assert_eq!(group(&s2)["state"], "stopped", "{s2}");
+    assert!(
+        group(&s2)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("replication"),
+        "{s}"
+    );
+    assert!(s2["last_failover"].is_null());
+    assert_eq!(lab.block_status(SLAVE).unwrap()["role"], "Secondary");
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+    let human = lab.ctl_ok("clusterctl", SLAVE, &["status"]).unwrap();
+    assert!(human.contains("alive via replication"), "{human}");
+}
+
+#[test]
+fn failing_health_check_restarts_locally_then_fails_over() {
+    let opts = LabOptions {
+        check: "test -e {dir}/{node}.ok".into(),
+        ..LabOptions::default()
+    };
+    let lab = Lab::running(opts, MASTER).unwrap();
+    let first = lab.service_pid(MASTER).unwrap();
+    std::fs::remove_file(lab.dir.path().join("master.ok")).unwrap();
+    lab.wait_group(SLAVE, SLAVE, Duration::from_secs(40))
+        .unwrap();
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+    let log = std::fs::read_to_string(lab.log(MASTER, "clusterd")).unwrap();
+    let restarts = log.matches("health check failed: restarting").count();
+    assert_eq!(restarts, 3, "local restarts before failing over");
+    assert!(log.contains("RestartLimitReached"));
+    assert_ne!(lab.service_pid(SLAVE), None);
+    assert_ne!(lab.service_pid(MASTER), Some(first));
+    let s = lab.status(MASTER).unwrap();
+    assert_eq!(group(&s)["state"], "failed", "{s}");
+    assert_eq!(group(&s)["holder"], SLAVE);
+}
+
+#[test]
+fn forged_replayed_and_garbage_input_is_refused_and_the_daemon_keeps_running() {
+    use std::io::{Read, Write};
+    let lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    // Capture real heartbeats from the slave to the master on the replication bridge.
+    let mut cap = lab
+        .capture(
+            "b1",
+            &[
+                "udp",
+                "and",
+                "dst",
+                "host",
+                "10.213.1.2",
+                "and",
+                "dst",
+                "port",
+                &HB_PORT.to_string(),
+            ],
+            true,
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let pcap = cap.finish();
+    let captured = pcap_udp_payloads(&pcap).unwrap();
+    assert!(
+        captured.len() >= 2,
+        "captured {} heartbeats",
+        captured.len()
+    );
+
+    // A heartbeat signed with the wrong secret, sent from the slave's address.
+    let forged = {
+        let hb = hablock_proto::heartbeat::Heartbeat {
+            link: 1,
+            cluster_id: hablock_proto::heartbeat::cluster_id("lab"),
+            node: SLAVE.into(),
+            generation: u64::MAX / 2,
+            sequence: 1,
+            view: Default::default(),
+        };
+        hablock_proto::heartbeat::encode(&hb, b"not the secret").unwrap()
+    };
+    let replay = captured.clone();
+    lab.in_ns(SLAVE, move || {
+        let s = std::net::UdpSocket::bind("10.213.1.3:0").unwrap();
+        let to = format!("10.213.1.2:{HB_PORT}");
+        s.send_to(&forged, &to).unwrap();
+        for p in &replay {
+            s.send_to(p, &to).unwrap();
+            s.send_to(p, &to).unwrap();
+        }
+        s.send_to(b"garbage \x00\xff", &to).unwrap();
+        s.send_to(&[0u8; 1500], &to).unwrap();
+    })
+    .unwrap();
+    lab.in_ns("c", move || {
+        let s = std::net::UdpSocket::bind("10.213.0.10:0").unwrap();
+        s.send_to(b"HBHB\x01garbage", format!("10.213.0.151:{HB_PORT}"))
+            .unwrap();
+    })
+    .unwrap();
+
+    // Garbage on the control socket: answered with bad-request, the daemon lives on.
+    let sock = lab.run_dir(MASTER).join("clusterd.sock");
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = c.read_to_end(&mut reply);
+    assert!(String::from_utf8_lossy(&reply).contains("bad-request"));
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.write_all(&[0xffu8; 64]).unwrap();
+    drop(c);
+
+    // A config with an unknown key: exit 2, naming the key.
+    let bad = lab.dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &bad,
+        text.replace("auto_failback =", "bogus_key = 1\nauto_failback ="),
+    )
+    .unwrap();
+    let out = std::process::Command::new(hablock_tests::bin("clusterd"))
+        .args([
+            "--config",
+            bad.to_str().unwrap(),
+            "--node",
+            MASTER,
+            "--run-dir",
+        ])
+        .arg(lab.dir.path().join("run-bad"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_key"));
+
+    // Still running, still holding, peer still alive, nothing failed over.
+    std::thread::sleep(Duration::from_millis(500));
+    let s = lab.wait_group(MASTER, MASTER, T).unwrap();
+    assert_eq!(s["nodes"][1]["alive"], true);
+    assert!(s["last_failover"].is_null());
+    let log = std::fs::read_to_string(lab.log(MASTER, "clusterd")).unwrap();
+    assert!(
+        log.contains("heartbeat authentication failed"),
+        "forgery not logged"
+    );
+    assert!(log.contains("replayed heartbeat"), "replay not logged");
+    assert!(
+        log.contains("malformed request"),
+        "control garbage not logged"
+    );
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+}
