@@ -327,6 +327,34 @@ resources = [
             .map(|(_, c)| c.id())
     }
 
+    /// Sends SIGTERM to a daemon and waits up to `timeout` for it to exit; its status.
+    pub fn terminate(
+        &mut self,
+        node: &str,
+        program: &str,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let key = format!("{node}-{program}");
+        let Some(pos) = self.procs.iter().position(|(k, _)| *k == key) else {
+            bail!("{program} is not running on {node}");
+        };
+        let (_, mut c) = self.procs.remove(pos);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(st) = c.try_wait()? {
+                return Ok(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        bail!("{program} on {node} did not exit within {timeout:?} of SIGTERM")
+    }
+
     /// SIGKILLs a daemon.
     pub fn kill9(&mut self, node: &str, program: &str) {
         let key = format!("{node}-{program}");

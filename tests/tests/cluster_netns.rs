@@ -357,3 +357,83 @@ fn forged_replayed_and_garbage_input_is_refused_and_the_daemon_keeps_running() {
     );
     lab.client_get_within(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn sigterm_stops_the_group_and_the_peer_takes_it_at_once() {
+    let mut lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    let t0 = Instant::now();
+    let st = lab.terminate(MASTER, "clusterd", T).unwrap();
+    assert!(st.success(), "clusterd exited with {st}");
+    assert_eq!(lab.service_pid(MASTER), None, "the service was not stopped");
+    assert_eq!(lab.block_status(MASTER).unwrap()["role"], "Secondary");
+    lab.wait_group(SLAVE, SLAVE, T).unwrap();
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+    eprintln!("switchover on SIGTERM in {:?}", t0.elapsed());
+    assert!(!lab.run_dir(MASTER).join("clusterd.sock").exists());
+}
+
+#[test]
+fn move_standby_online_and_events() {
+    use std::io::Read;
+    let lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    let mut events = lab
+        .tool("clusterctl", MASTER)
+        .args(["events", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    // Refusals and usage errors.
+    let out = lab
+        .ctl("clusterctl", MASTER, &["move", "web", "nowhere"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node"));
+    let out = lab
+        .ctl("clusterctl", MASTER, &["move", "nogroup", SLAVE])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = lab.ctl("clusterctl", MASTER, &["move", "web"]).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    // An administrator's move, issued on the node that holds the group.
+    lab.ctl_ok("clusterctl", MASTER, &["move", "web", SLAVE])
+        .unwrap();
+    lab.wait_group(SLAVE, SLAVE, T).unwrap();
+    lab.wait_group(MASTER, SLAVE, T).unwrap();
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+    // And back, issued on the other node.
+    lab.ctl_ok("clusterctl", MASTER, &["move", "web", MASTER])
+        .unwrap();
+    lab.wait_group(MASTER, MASTER, T).unwrap();
+
+    // Standby gives the group away; online takes it back (auto_failback).
+    lab.ctl_ok("clusterctl", MASTER, &["standby"]).unwrap();
+    let s = lab.wait_group(SLAVE, SLAVE, T).unwrap();
+    assert_eq!(s["nodes"][1]["standby"], true);
+    lab.ctl_ok("clusterctl", MASTER, &["online"]).unwrap();
+    lab.wait_group(MASTER, MASTER, T).unwrap();
+
+    let _ = events.kill();
+    let _ = events.wait();
+    let mut text = String::new();
+    events
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let kinds: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for k in ["move", "verdict", "group", "standby", "online"] {
+        assert!(kinds.iter().any(|x| x == k), "no {k} event in {kinds:?}");
+    }
+}
