@@ -437,3 +437,64 @@ fn move_standby_online_and_events() {
         assert!(kinds.iter().any(|x| x == k), "no {k} event in {kinds:?}");
     }
 }
+
+#[test]
+fn standby_and_online_of_the_peer_are_forwarded_and_cannot_be_replayed() {
+    let lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    let mut cap = lab
+        .capture(
+            "b1",
+            &[
+                "udp",
+                "and",
+                "dst",
+                "host",
+                "10.213.1.2",
+                "and",
+                "dst",
+                "port",
+                &HB_PORT.to_string(),
+            ],
+            true,
+        )
+        .unwrap();
+    // Issued on the slave, about the master.
+    let out = lab.ctl("clusterctl", SLAVE, &["standby", MASTER]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forwarded"));
+    let s = lab.wait_group(MASTER, SLAVE, T).unwrap();
+    assert_eq!(s["nodes"][0]["standby"], true);
+    let requests: Vec<Vec<u8>> = pcap_udp_payloads(&cap.finish())
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.starts_with(b"HBRQ"))
+        .collect();
+    assert!(!requests.is_empty(), "no forwarded request captured");
+
+    lab.ctl_ok("clusterctl", SLAVE, &["online", MASTER])
+        .unwrap();
+    lab.wait_group(MASTER, MASTER, T).unwrap();
+
+    // The captured standby request, replayed from the slave's own address: refused.
+    lab.in_ns(SLAVE, move || {
+        let s = std::net::UdpSocket::bind("10.213.1.3:0").unwrap();
+        for p in &requests {
+            s.send_to(p, format!("10.213.1.2:{HB_PORT}")).unwrap();
+        }
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let s = lab.wait_group(MASTER, MASTER, T).unwrap();
+    assert_eq!(s["nodes"][0]["standby"], false, "{s}");
+    let log = std::fs::read_to_string(lab.log(MASTER, "clusterd")).unwrap();
+    assert!(log.contains("refused a stale or replayed admin request"));
+
+    let out = lab
+        .ctl("clusterctl", SLAVE, &["standby", "nobody"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

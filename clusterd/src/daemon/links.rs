@@ -1,9 +1,11 @@
 //! The heartbeat links: one UDP socket per configured heartbeat address of this node
 //! (link i = the i-th address), bound to `[heartbeat] port`. Received datagrams are
 //! authenticated and checked (cluster, sender, source address) here; what passes
-//! goes to the runner. Everything refused is logged, rate-limited.
+//! goes to the runner. The same sockets carry the peer's forwarded administrator
+//! requests ([`hablock_proto::admin`]). Everything refused is logged, rate-limited.
 
 use super::runner::Msg;
+use hablock_proto::admin;
 use hablock_proto::heartbeat::{self, Heartbeat};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +31,8 @@ pub struct ReceiverConfig {
     pub secret: Arc<Vec<u8>>,
     /// [`heartbeat::cluster_id`] of the cluster name.
     pub cluster_id: u64,
+    /// This node's name.
+    pub me: String,
     /// The peer's name.
     pub peer: String,
     /// The peer's address on each link.
@@ -99,6 +103,31 @@ pub async fn receive(
                 warn!(link, %from, suppressed, "refused heartbeat datagram: {why}");
             }
         };
+        if admin::is_admin(&buf[..n]) {
+            let req = match admin::decode(&buf[..n], &cfg.secret) {
+                Ok(r) => r,
+                Err(e) => {
+                    refuse(format!("admin request: {e}"), &drops.bad_packet, &mut limit);
+                    continue;
+                }
+            };
+            let sender_ok = req.cluster_id == cfg.cluster_id
+                && req.sender == cfg.peer
+                && req.target == cfg.me
+                && cfg.peer_addrs.get(link) == Some(&from.ip());
+            if !sender_ok {
+                refuse(
+                    "admin request from another cluster, node or address".into(),
+                    &drops.wrong_sender,
+                    &mut limit,
+                );
+                continue;
+            }
+            if tx.send(Msg::Admin { req }).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let hb: Heartbeat = match heartbeat::decode(&buf[..n], &cfg.secret) {
             Ok(hb) => hb,
             Err(e) => {

@@ -11,6 +11,7 @@ use crate::group::{
 use crate::membership::{HeartbeatSequencer, LinkState, Membership, MembershipEvent, PeerLiveness};
 use crate::policy::{self, Decision, FenceState, NodeFacts, PlacementInput, Verdict};
 use hablock_config::{Config, GroupResource};
+use hablock_proto::admin::{self, AdminRequest, Command};
 use hablock_proto::control::{
     ClusterEvent, ClusterRequest, ClusterResponse, ClusterStatus, Failover, GroupResourceStatus,
     GroupStatus, LinkInfo, NodeStatus,
@@ -48,6 +49,11 @@ pub enum Msg {
         /// blockd reports the peer Primary over a live replication link.
         via_replication: bool,
     },
+    /// An authenticated administrator request from the peer.
+    Admin {
+        /// The request.
+        req: AdminRequest,
+    },
     /// Result of a ping round.
     Ping(bool),
     /// Result of the fence command.
@@ -84,6 +90,17 @@ enum Goal {
 struct Takeover {
     started: Instant,
     detect_ms: u64,
+}
+
+/// A `standby`/`online` forwarded to the peer, waiting for its heartbeats to show
+/// the result.
+struct Forward {
+    command: Command,
+    sequence: u64,
+    sent_at: Instant,
+    next_send: Instant,
+    deadline: Instant,
+    reply: oneshot::Sender<ClusterResponse>,
 }
 
 /// One group and what the runner knows about it.
@@ -152,6 +169,9 @@ pub struct Runner {
     shutting_down: bool,
     dropped: u64,
     last_drop_log: Option<Instant>,
+    admin_sequence: u64,
+    admin_seen: Option<(u64, u64)>,
+    forward: Option<Forward>,
 }
 
 /// What the runner is built from.
@@ -203,6 +223,9 @@ impl Runner {
             shutting_down: false,
             dropped: 0,
             last_drop_log: None,
+            admin_sequence: 0,
+            admin_seen: None,
+            forward: None,
             me: p.me,
             peer: p.peer,
             cfg: p.cfg,
@@ -326,10 +349,14 @@ impl Runner {
                 }
                 self.event("fence", None, m);
             }
-            Msg::Control { req, reply } => {
-                let r = self.control(req, now);
-                let _ = reply.send(r);
-            }
+            Msg::Admin { req } => self.on_admin(req, now),
+            Msg::Control { req, reply } => match self.forward_target(&req) {
+                Some(command) => self.start_forward(command, reply, now),
+                None => {
+                    let r = self.control(req, now);
+                    let _ = reply.send(r);
+                }
+            },
             Msg::Shutdown => {
                 info!(node = %self.me, "SIGTERM: stopping the groups held here");
                 self.shutting_down = true;
@@ -344,7 +371,135 @@ impl Runner {
         for ev in self.membership.on_tick(now) {
             self.membership_event(ev, now);
         }
+        self.forward_progress(now);
         self.evaluate(now);
+    }
+
+    /// The command to forward, when `req` is a standby/online of the peer.
+    fn forward_target(&self, req: &ClusterRequest) -> Option<Command> {
+        match req {
+            ClusterRequest::Standby { node: Some(n) } if *n == self.peer => Some(Command::Standby),
+            ClusterRequest::Online { node: Some(n) } if *n == self.peer => Some(Command::Online),
+            _ => None,
+        }
+    }
+
+    fn start_forward(
+        &mut self,
+        command: Command,
+        reply: oneshot::Sender<ClusterResponse>,
+        now: Instant,
+    ) {
+        let refuse = |message: String| ClusterResponse::Refused { message };
+        if !self.membership.peer_alive() {
+            let _ = reply.send(refuse(format!(
+                "{} is not alive: cannot forward",
+                self.peer
+            )));
+            return;
+        }
+        if self.forward.is_some() {
+            let _ = reply.send(refuse("another forwarded request is pending".into()));
+            return;
+        }
+        self.admin_sequence += 1;
+        let wait = (self.cfg.heartbeat.deadtime * 2).max(Duration::from_secs(2));
+        info!(peer = %self.peer, ?command, "forwarding to the peer");
+        self.forward = Some(Forward {
+            command,
+            sequence: self.admin_sequence,
+            sent_at: now,
+            next_send: now,
+            deadline: now + wait,
+            reply,
+        });
+        self.forward_progress(now);
+    }
+
+    /// Sends a pending forwarded request again, or answers it once the peer's
+    /// heartbeats show the result (or the wait is over).
+    fn forward_progress(&mut self, now: Instant) {
+        let Some(f) = self.forward.as_mut() else {
+            return;
+        };
+        let want_standby = f.command == Command::Standby;
+        let heard_since = self
+            .membership
+            .peer_silent_for(now)
+            .is_some_and(|s| now.saturating_duration_since(f.sent_at) > s);
+        let shows = self
+            .membership
+            .last_heartbeat()
+            .is_some_and(|h| h.view.standby == want_standby);
+        if heard_since && shows && self.membership.peer_alive() {
+            if let Some(f) = self.forward.take() {
+                let _ = f.reply.send(ClusterResponse::Ok {
+                    warnings: vec![format!("forwarded to {}", self.peer)],
+                });
+            }
+            return;
+        }
+        if now >= f.deadline {
+            if let Some(f) = self.forward.take() {
+                let _ = f.reply.send(ClusterResponse::Refused {
+                    message: format!("{} did not confirm the forwarded request", self.peer),
+                });
+            }
+            return;
+        }
+        if now >= f.next_send {
+            f.next_send = now + self.cfg.heartbeat.keepalive;
+            let req = AdminRequest {
+                command: f.command,
+                cluster_id: self.cluster_id,
+                generation: self.sequencer.generation(),
+                sequence: f.sequence,
+                sender: self.me.clone(),
+                target: self.peer.clone(),
+            };
+            match admin::encode(&req, &self.secret) {
+                Ok(bytes) => {
+                    for (i, sock) in self.sockets.iter().enumerate() {
+                        if let Some(peer) = self.peer_addrs.get(i) {
+                            let to = SocketAddr::new(*peer, self.cfg.heartbeat.port);
+                            if let Err(e) = sock.try_send_to(&bytes, to) {
+                                debug!(link = i, %to, "admin request send: {e}");
+                            }
+                        }
+                    }
+                }
+                Err(e) => warn!("cannot encode an admin request: {e}"),
+            }
+        }
+    }
+
+    /// A request forwarded by the peer: accepted once per sequence, only in the
+    /// peer's current generation (no replay).
+    fn on_admin(&mut self, req: AdminRequest, now: Instant) {
+        let current = self.membership.peer_generation();
+        let fresh = Some(req.generation) == current
+            && self.membership.peer_alive()
+            && match self.admin_seen {
+                Some((g, s)) if g == req.generation => req.sequence > s,
+                _ => true,
+            };
+        if !fresh {
+            if self.admin_seen != Some((req.generation, req.sequence)) {
+                warn!(peer = %self.peer, generation = req.generation, sequence = req.sequence, "refused a stale or replayed admin request");
+            }
+            return;
+        }
+        self.admin_seen = Some((req.generation, req.sequence));
+        let local = match req.command {
+            Command::Standby => ClusterRequest::Standby { node: None },
+            Command::Online => ClusterRequest::Online { node: None },
+        };
+        info!(peer = %self.peer, command = ?req.command, "request forwarded by the peer");
+        let r = self.control(local, now);
+        if let ClusterResponse::Refused { message } = r {
+            warn!(peer = %self.peer, "forwarded request refused: {message}");
+        }
+        self.send_heartbeats();
     }
 
     fn on_heartbeat(&mut self, link: usize, hb: Heartbeat, now: Instant) {
@@ -775,9 +930,7 @@ impl Runner {
             ClusterRequest::Standby { node } => {
                 let node = node.unwrap_or_else(|| self.me.clone());
                 if node != self.me {
-                    return refused(format!(
-                        "{node} is the peer: run `clusterctl standby` on {node} (forwarding is not supported yet)"
-                    ));
+                    return refused(format!("{node} is not this node"));
                 }
                 if self.shutting_down {
                     return refused("clusterd is shutting down".into());
@@ -790,9 +943,7 @@ impl Runner {
             ClusterRequest::Online { node } => {
                 let node = node.unwrap_or_else(|| self.me.clone());
                 if node != self.me {
-                    return refused(format!(
-                        "{node} is the peer: run `clusterctl online` on {node} (forwarding is not supported yet)"
-                    ));
+                    return refused(format!("{node} is not this node"));
                 }
                 if self.shutting_down {
                     return refused("clusterd is shutting down".into());
