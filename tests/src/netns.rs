@@ -530,6 +530,22 @@ resources = [
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// One quick client GET (500 ms timeout): for measuring when the VIP serves again.
+    pub fn client_get_quick(&self) -> bool {
+        self.exec(
+            "c",
+            &[
+                "curl",
+                "-s",
+                "-f",
+                "--max-time",
+                "0.5",
+                &format!("http://{VIP}/"),
+            ],
+        )
+        .is_ok_and(|o| o.status.success())
+    }
+
     /// Retries [`Lab::client_get`] until it succeeds or `timeout` passes.
     pub fn client_get_within(&self, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
