@@ -44,6 +44,8 @@ pub struct LabOptions {
     pub check: String,
     /// `[heartbeat]` timings: keepalive, warntime, deadtime, initdead.
     pub timings: [&'static str; 4],
+    /// Extra lines for `[heartbeat]` (`{dir}` is replaced with the lab directory).
+    pub heartbeat_extra: String,
 }
 
 impl Default for LabOptions {
@@ -52,6 +54,7 @@ impl Default for LabOptions {
             auto_failback: true,
             check: format!("http://{VIP}/"),
             timings: ["200ms", "600ms", "1s", "2s"],
+            heartbeat_extra: String::new(),
         }
     }
 }
@@ -154,6 +157,7 @@ warntime = "{warntime}"
 deadtime = "{deadtime}"
 initdead = "{initdead}"
 auto_failback = {fb}
+{hb_extra}
 
 [resources.r0]
 port = 7789
@@ -176,6 +180,7 @@ resources = [
 ]
 "#,
             fb = opts.auto_failback,
+            hb_extra = opts.heartbeat_extra.replace("{dir}", &dd.to_string()),
         );
         lab.config = d.join("hablock.toml");
         fs::write(&lab.config, text)?;

@@ -498,3 +498,64 @@ fn standby_and_online_of_the_peer_are_forwarded_and_cannot_be_replayed() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+fn power_loss_with_fence(command: &str) -> Lab {
+    let opts = LabOptions {
+        heartbeat_extra: format!("fence = \"{command}\""),
+        ..LabOptions::default()
+    };
+    let mut lab = Lab::running(opts, MASTER).unwrap();
+    lab.kill_all_in(MASTER);
+    lab.unplug(MASTER).unwrap();
+    lab
+}
+
+#[test]
+fn takeover_waits_for_a_successful_fence() {
+    let lab = power_loss_with_fence("echo {peer} > {dir}/fenced");
+    let s = lab.wait_group(SLAVE, SLAVE, T).unwrap();
+    let fenced = std::fs::read_to_string(lab.dir.path().join("fenced")).unwrap();
+    assert_eq!(fenced.trim(), MASTER);
+    assert_eq!(s["last_failover"]["from"], MASTER);
+    let log = std::fs::read_to_string(lab.log(SLAVE, "clusterd")).unwrap();
+    let fenced_at = log
+        .find("fencing master: done")
+        .expect("no fence in the log");
+    let acquire_at = log
+        .find("dead and was fenced")
+        .expect("no takeover after fencing");
+    assert!(fenced_at < acquire_at);
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn a_failed_fence_never_takes_over() {
+    let lab = power_loss_with_fence("exit 1");
+    let s = lab
+        .wait_cluster(SLAVE, "fencing failed", T, |s| {
+            group(s)["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("fencing master failed"))
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let s2 = lab.status(SLAVE).unwrap();
+    assert_eq!(group(&s2)["state"], "stopped", "{s} {s2}");
+    assert_eq!(lab.block_status(SLAVE).unwrap()["role"], "Secondary");
+}
+
+#[test]
+fn a_holder_that_loses_its_ping_target_hands_the_group_over() {
+    let opts = LabOptions {
+        heartbeat_extra: "ping = [\"10.213.0.10\"]".into(),
+        ..LabOptions::default()
+    };
+    let lab = Lab::running(opts, MASTER).unwrap();
+    // The master's LAN cable is cut: it no longer reaches the client, but still hears
+    // the slave on the replication link.
+    lab.set_link(MASTER, 0, false).unwrap();
+    let s = lab.wait_group(SLAVE, SLAVE, T).unwrap();
+    assert_eq!(s["nodes"][1]["alive"], true);
+    assert_eq!(s["nodes"][1]["ping_ok"], false);
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+}
