@@ -69,6 +69,9 @@ pub enum Msg {
     Shutdown,
 }
 
+/// Pause before retrying a stop that failed (the group halts meanwhile, still held).
+pub const STOP_RETRY: Duration = Duration::from_secs(10);
+
 /// Wall clock in milliseconds since the Unix epoch.
 pub fn wall_ms() -> u64 {
     std::time::SystemTime::now()
@@ -121,6 +124,7 @@ pub struct GroupRt {
     peer_primary_via_replication: bool,
     last: Option<Decision>,
     takeover: Option<Takeover>,
+    retry_stop_at: Option<Instant>,
 }
 
 impl GroupRt {
@@ -139,6 +143,7 @@ impl GroupRt {
             peer_primary_via_replication: false,
             last: None,
             takeover: None,
+            retry_stop_at: None,
         }
     }
 }
@@ -375,6 +380,21 @@ impl Runner {
         self.evaluate(now);
     }
 
+    /// Logs a refused packet, at most one warning per second (a peer or anyone on
+    /// the LAN can trigger it); the rest go to debug.
+    fn refused(&mut self, now: Instant, what: &str) {
+        self.dropped += 1;
+        let quiet = self
+            .last_drop_log
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
+        if quiet {
+            debug!(peer = %self.peer, "{what}");
+        } else {
+            self.last_drop_log = Some(now);
+            warn!(peer = %self.peer, refused_total = self.dropped, "{what}");
+        }
+    }
+
     /// The command to forward, when `req` is a standby/online of the peer.
     fn forward_target(&self, req: &ClusterRequest) -> Option<Command> {
         match req {
@@ -484,8 +504,15 @@ impl Runner {
                 _ => true,
             };
         if !fresh {
+            // The sender repeats a request until it sees the result: not a replay.
             if self.admin_seen != Some((req.generation, req.sequence)) {
-                warn!(peer = %self.peer, generation = req.generation, sequence = req.sequence, "refused a stale or replayed admin request");
+                self.refused(
+                    now,
+                    &format!(
+                        "refused a stale or replayed admin request (generation {:#x}, sequence {})",
+                        req.generation, req.sequence
+                    ),
+                );
             }
             return;
         }
@@ -510,16 +537,7 @@ impl Runner {
                 }
             }
             Err(e) => {
-                self.dropped += 1;
-                let quiet = self
-                    .last_drop_log
-                    .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
-                if quiet {
-                    debug!(link, peer = %self.peer, "heartbeat refused: {e}");
-                } else {
-                    self.last_drop_log = Some(now);
-                    warn!(link, peer = %self.peer, refused_total = self.dropped, "heartbeat refused: {e}");
-                }
+                self.refused(now, &format!("heartbeat on link {link} refused: {e}"));
                 return;
             }
         }
@@ -784,6 +802,10 @@ impl Runner {
                 warn!(group = %name, node = %me, "{msg}");
                 g.goal = Goal::None;
                 g.takeover = None;
+                if matches!(ev, GroupEvent::StopFailed { .. }) {
+                    // Halted, still held: retry the stop later, not in a tight loop.
+                    g.retry_stop_at = Some(now + STOP_RETRY);
+                }
             }
             GroupEvent::Restarting { index } => {
                 warn!(group = %name, node = %me, index, "health check failed: restarting");
@@ -871,7 +893,9 @@ impl Runner {
                     }
                 }
                 Verdict::Release => {
-                    if g.goal != Goal::Stopped {
+                    let backoff = g.retry_stop_at.is_some_and(|t| now < t);
+                    if g.goal != Goal::Stopped && !backoff {
+                        g.retry_stop_at = None;
                         g.goal = Goal::Stopped;
                         g.takeover = None;
                         self.group_input(gi, GroupInput::Stop, now);
