@@ -31,6 +31,7 @@ fn master_holds_the_group_and_serves_the_vip() {
     assert_eq!(b["role"], "Primary");
     let human = lab.ctl_ok("clusterctl", MASTER, &["status"]).unwrap();
     assert!(human.contains("group web: held by master"), "{human}");
+    eprintln!("{human}");
 }
 
 #[test]
@@ -557,5 +558,26 @@ fn a_holder_that_loses_its_ping_target_hands_the_group_over() {
     let s = lab.wait_group(SLAVE, SLAVE, T).unwrap();
     assert_eq!(s["nodes"][1]["alive"], true);
     assert_eq!(s["nodes"][1]["ping_ok"], false);
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn a_restarted_clusterd_without_blockd_does_not_claim_the_group() {
+    let mut lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    lab.kill9(SLAVE, "clusterd");
+    lab.kill9(SLAVE, "blockd");
+    lab.start(SLAVE, "clusterd").unwrap();
+    let s = lab
+        .wait_cluster(SLAVE, "probed and master heard", T, |s| {
+            group(s)["state"] == "stopped" && s["nodes"][1]["alive"] == true
+        })
+        .unwrap();
+    assert_eq!(group(&s)["holder"], MASTER, "{s}");
+    std::thread::sleep(Duration::from_secs(1));
+    lab.wait_group(MASTER, MASTER, T).unwrap();
+    lab.start(SLAVE, "blockd").unwrap();
+    lab.wait_block(SLAVE, "reconnected", T, |b| b["connection"] == "Connected")
+        .unwrap();
+    lab.wait_group(SLAVE, MASTER, T).unwrap();
     lab.client_get_within(Duration::from_secs(5)).unwrap();
 }

@@ -878,13 +878,17 @@ impl Runner {
             let g = &mut self.groups[gi];
             match d.verdict {
                 Verdict::Hold | Verdict::Acquire => {
-                    if d.verdict == Verdict::Acquire
-                        && !self.membership.peer_alive()
-                        && g.takeover.is_none()
-                    {
+                    // A takeover from a peer that was heard and then died (not a
+                    // start alone after initdead).
+                    if let (Verdict::Acquire, false, None, Some(detect_ms)) = (
+                        d.verdict,
+                        self.membership.peer_alive(),
+                        g.takeover,
+                        self.detect_ms,
+                    ) {
                         g.takeover = Some(Takeover {
                             started: now,
-                            detect_ms: self.detect_ms.unwrap_or(0),
+                            detect_ms,
                         });
                     }
                     if g.goal != Goal::Running {
