@@ -274,6 +274,16 @@ resources = [
 
     /// Starts a daemon (`blockd` or `clusterd`) inside the node's namespace.
     pub fn start(&mut self, node: &str, program: &str) -> Result<()> {
+        self.start_with_env(node, program, &[])
+    }
+
+    /// [`Lab::start`] with extra environment variables.
+    pub fn start_with_env(
+        &mut self,
+        node: &str,
+        program: &str,
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -288,6 +298,7 @@ resources = [
             .arg("--run-dir")
             .arg(self.run_dir(node))
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

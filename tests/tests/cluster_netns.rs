@@ -581,3 +581,36 @@ fn a_restarted_clusterd_without_blockd_does_not_claim_the_group() {
     lab.wait_group(SLAVE, MASTER, T).unwrap();
     lab.client_get_within(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn notifies_systemd_ready_and_pings_the_watchdog() {
+    let mut lab = Lab::new(LabOptions::default()).unwrap();
+    lab.start_blockd_synced().unwrap();
+    let path = lab.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    lab.start_with_env(
+        MASTER,
+        "clusterd",
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && !(seen.contains("READY=1") && seen.matches("WATCHDOG=1").count() >= 3)
+    {
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+    }
+    assert!(seen.contains("READY=1"), "{seen}");
+    assert!(seen.matches("WATCHDOG=1").count() >= 3, "{seen}");
+    let st = lab.terminate(MASTER, "clusterd", T).unwrap();
+    assert!(st.success());
+}

@@ -72,6 +72,18 @@ pub enum Msg {
 /// Pause before retrying a stop that failed (the group halts meanwhile, still held).
 pub const STOP_RETRY: Duration = Duration::from_secs(10);
 
+/// Half the systemd watchdog interval, when `WATCHDOG_USEC` asks for pings. As
+/// `sd_watchdog_enabled(3)`: `WATCHDOG_PID`, when set, must be this process.
+pub fn watchdog_period() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
 /// Wall clock in milliseconds since the Unix epoch.
 pub fn wall_ms() -> u64 {
     std::time::SystemTime::now()
@@ -263,11 +275,7 @@ impl Runner {
 
     /// Runs until shutdown completes.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut watchdog = None;
-        let mut usec = 0u64;
-        if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-            watchdog = Some(Duration::from_micros(usec / 2));
-        }
+        let watchdog = watchdog_period();
         let mut next_watchdog = Instant::now();
         let mut shutdown_deadline: Option<Instant> = None;
         self.start(Instant::now());
