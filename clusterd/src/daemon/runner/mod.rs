@@ -1,5 +1,5 @@
 //! The runner: the one task that owns the sans-IO core ([`Membership`], one
-//! [`Group`] per configured group, [`policy::decide`]) and turns its outputs into I/O:
+//! [`Group`] per configured group, [`crate::policy::decide`]) and turns its outputs into I/O:
 //! heartbeats on every link, resource steps with their timeouts, the fence command,
 //! control replies and events. Everything else (receivers, pollers, steps) talks to
 //! it through [`Msg`]s.
