@@ -614,3 +614,24 @@ fn notifies_systemd_ready_and_pings_the_watchdog() {
     let st = lab.terminate(MASTER, "clusterd", T).unwrap();
     assert!(st.success());
 }
+
+#[test]
+fn clusterd_starts_before_its_addresses_exist() {
+    let mut lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    lab.kill9(SLAVE, "clusterd");
+    lab.unplug(SLAVE).unwrap();
+    lab.start(SLAVE, "clusterd").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    lab.plug(SLAVE).unwrap();
+    let s = lab
+        .wait_cluster(SLAVE, "master heard on both links", T, |s| {
+            s["nodes"][1]["links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["up"] == true)
+        })
+        .unwrap();
+    assert_eq!(group(&s)["holder"], MASTER);
+    lab.wait_group(MASTER, MASTER, T).unwrap();
+}

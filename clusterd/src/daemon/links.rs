@@ -39,13 +39,36 @@ pub struct ReceiverConfig {
     pub peer_addrs: Vec<IpAddr>,
 }
 
+/// Binds a non-blocking UDP socket with `IP_FREEBIND`: the address need not exist
+/// yet (an interface still down at boot), heartbeats flow once it does.
+pub fn bind_freebind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(
+        family,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    if let Err(e) = socket::setsockopt(&fd, sockopt::IpFreebind, &true) {
+        debug!(%addr, "IP_FREEBIND: {e}");
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    Ok(std::net::UdpSocket::from(fd))
+}
+
 /// Binds one socket per address.
 pub async fn bind(addrs: &[IpAddr], port: u16) -> anyhow::Result<Vec<Arc<UdpSocket>>> {
     use anyhow::Context;
     let mut out = Vec::new();
     for a in addrs {
-        let s = UdpSocket::bind(SocketAddr::new(*a, port))
-            .await
+        let s = bind_freebind(SocketAddr::new(*a, port))
+            .and_then(UdpSocket::from_std)
             .with_context(|| format!("binding heartbeat UDP {a}:{port}"))?;
         out.push(Arc::new(s));
     }
@@ -162,5 +185,18 @@ pub async fn receive(
         if tx.send(Msg::Heartbeat { link, hb }).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_an_address_that_is_not_configured_yet() {
+        // TEST-NET-1: never configured on a test machine.
+        let s = bind_freebind("192.0.2.77:0".parse().unwrap());
+        assert!(s.is_ok(), "{s:?}");
     }
 }
