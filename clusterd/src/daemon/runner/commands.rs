@@ -152,14 +152,19 @@ impl Runner {
                 liveness: "alive".into(),
                 ping_ok: self.ping_ok,
                 alive_via_replication: false,
+                // This node's side of each link: can it send heartbeats on it?
                 links: self
                     .my_addrs
                     .iter()
-                    .map(|a| LinkInfo {
-                        address: a.to_string(),
-                        up: true,
-                        state: "up".into(),
-                        last_seen_ms: None,
+                    .enumerate()
+                    .map(|(i, a)| {
+                        let up = self.send_ok.get(i).copied().unwrap_or(false);
+                        LinkInfo {
+                            address: a.to_string(),
+                            up,
+                            state: if up { "up" } else { "down" }.into(),
+                            last_seen_ms: None,
+                        }
                     })
                     .collect(),
             },

@@ -188,6 +188,8 @@ pub struct Runner {
     last_drop_log: Option<Instant>,
     admin_sequence: u64,
     admin_seen: Option<(u64, u64)>,
+    /// Per link: the last heartbeat could be sent (a route to the peer exists).
+    send_ok: Vec<bool>,
     forward: Option<Forward>,
 }
 
@@ -242,6 +244,7 @@ impl Runner {
             last_drop_log: None,
             admin_sequence: 0,
             admin_seen: None,
+            send_ok: vec![true; links],
             forward: None,
             me: p.me,
             peer: p.peer,
@@ -535,8 +538,22 @@ impl Runner {
             match heartbeat::encode(&hb, &self.secret) {
                 Ok(bytes) => {
                     let to = SocketAddr::new(*peer, self.cfg.heartbeat.port);
-                    if let Err(e) = sock.try_send_to(&bytes, to) {
+                    let sent = sock.try_send_to(&bytes, to);
+                    if let Err(e) = &sent {
                         debug!(link = i, %to, "heartbeat send: {e}");
+                    }
+                    if let Some(ok) = self.send_ok.get_mut(i) {
+                        if *ok != sent.is_ok() {
+                            match &sent {
+                                Ok(_) => {
+                                    info!(link = i, %to, "sending heartbeats on link {i} again")
+                                }
+                                Err(e) => {
+                                    warn!(link = i, %to, "cannot send heartbeats on link {i}: {e}")
+                                }
+                            }
+                        }
+                        *ok = sent.is_ok();
                     }
                 }
                 Err(e) => warn!("cannot encode a heartbeat: {e}"),
