@@ -54,6 +54,11 @@ fn power_loss_of_the_master_moves_the_vip_with_gratuitous_arp() {
         after.contains(&mac_b),
         "client's entry after takeover: {after}"
     );
+    let so_far = std::fs::read_to_string(&cap.out).unwrap();
+    assert!(
+        !so_far.contains("tell 10.213.0.10"),
+        "the client asked for the VIP itself:\n{so_far}"
+    );
     lab.client_get_within(Duration::from_secs(5)).unwrap();
 
     let f = &s["last_failover"];
