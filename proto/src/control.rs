@@ -437,7 +437,8 @@ pub struct NodeStatus {
 pub struct LinkInfo {
     /// The node's address on the link.
     pub address: String,
-    /// Heartbeats arrive on it (for this node: its socket is bound).
+    /// Heartbeats arrive on it (for this node: the last heartbeat could be sent on it,
+    /// i.e. a route to the peer's address exists).
     pub up: bool,
     /// `up`, `down` or `unknown`.
     #[serde(default)]

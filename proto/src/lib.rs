@@ -5,8 +5,11 @@
 //! - [`control`]: the control protocol on the Unix socket in the run directory
 //!   (`blockctl` and `clusterd` talk to `blockd` through it).
 //! - [`heartbeat`]: the authenticated UDP heartbeat `clusterd` sends on every link.
+//! - [`admin`]: the authenticated UDP request that forwards `standby`/`online` to
+//!   the peer.
 //! - [`types`]: the state enums both protocols and the status output share.
 
+pub mod admin;
 pub mod control;
 pub mod heartbeat;
 pub mod peer;

@@ -44,6 +44,8 @@ pub struct LabOptions {
     pub check: String,
     /// `[heartbeat]` timings: keepalive, warntime, deadtime, initdead.
     pub timings: [&'static str; 4],
+    /// Extra lines for `[heartbeat]` (`{dir}` is replaced with the lab directory).
+    pub heartbeat_extra: String,
 }
 
 impl Default for LabOptions {
@@ -52,6 +54,7 @@ impl Default for LabOptions {
             auto_failback: true,
             check: format!("http://{VIP}/"),
             timings: ["200ms", "600ms", "1s", "2s"],
+            heartbeat_extra: String::new(),
         }
     }
 }
@@ -154,6 +157,7 @@ warntime = "{warntime}"
 deadtime = "{deadtime}"
 initdead = "{initdead}"
 auto_failback = {fb}
+{hb_extra}
 
 [resources.r0]
 port = 7789
@@ -176,6 +180,7 @@ resources = [
 ]
 "#,
             fb = opts.auto_failback,
+            hb_extra = opts.heartbeat_extra.replace("{dir}", &dd.to_string()),
         );
         lab.config = d.join("hablock.toml");
         fs::write(&lab.config, text)?;
@@ -269,6 +274,16 @@ resources = [
 
     /// Starts a daemon (`blockd` or `clusterd`) inside the node's namespace.
     pub fn start(&mut self, node: &str, program: &str) -> Result<()> {
+        self.start_with_env(node, program, &[])
+    }
+
+    /// [`Lab::start`] with extra environment variables.
+    pub fn start_with_env(
+        &mut self,
+        node: &str,
+        program: &str,
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -283,6 +298,7 @@ resources = [
             .arg("--run-dir")
             .arg(self.run_dir(node))
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -325,6 +341,34 @@ resources = [
             .rev()
             .find(|(k, _)| *k == key)
             .map(|(_, c)| c.id())
+    }
+
+    /// Sends SIGTERM to a daemon and waits up to `timeout` for it to exit; its status.
+    pub fn terminate(
+        &mut self,
+        node: &str,
+        program: &str,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let key = format!("{node}-{program}");
+        let Some(pos) = self.procs.iter().position(|(k, _)| *k == key) else {
+            bail!("{program} is not running on {node}");
+        };
+        let (_, mut c) = self.procs.remove(pos);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(st) = c.try_wait()? {
+                return Ok(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        bail!("{program} on {node} did not exit within {timeout:?} of SIGTERM")
     }
 
     /// SIGKILLs a daemon.
@@ -500,6 +544,22 @@ resources = [
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// One quick client GET (500 ms timeout): for measuring when the VIP serves again.
+    pub fn client_get_quick(&self) -> bool {
+        self.exec(
+            "c",
+            &[
+                "curl",
+                "-s",
+                "-f",
+                "--max-time",
+                "0.5",
+                &format!("http://{VIP}/"),
+            ],
+        )
+        .is_ok_and(|o| o.status.success())
     }
 
     /// Retries [`Lab::client_get`] until it succeeds or `timeout` passes.

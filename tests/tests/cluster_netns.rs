@@ -31,6 +31,7 @@ fn master_holds_the_group_and_serves_the_vip() {
     assert_eq!(b["role"], "Primary");
     let human = lab.ctl_ok("clusterctl", MASTER, &["status"]).unwrap();
     assert!(human.contains("group web: held by master"), "{human}");
+    eprintln!("{human}");
 }
 
 #[test]
@@ -52,6 +53,11 @@ fn power_loss_of_the_master_moves_the_vip_with_gratuitous_arp() {
     assert!(
         after.contains(&mac_b),
         "client's entry after takeover: {after}"
+    );
+    let so_far = std::fs::read_to_string(&cap.out).unwrap();
+    assert!(
+        !so_far.contains("tell 10.213.0.10"),
+        "the client asked for the VIP itself:\n{so_far}"
     );
     lab.client_get_within(Duration::from_secs(5)).unwrap();
 
@@ -356,4 +362,281 @@ fn forged_replayed_and_garbage_input_is_refused_and_the_daemon_keeps_running() {
         "control garbage not logged"
     );
     lab.client_get_within(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn sigterm_stops_the_group_and_the_peer_takes_it_at_once() {
+    let mut lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    let t0 = Instant::now();
+    let st = lab.terminate(MASTER, "clusterd", T).unwrap();
+    assert!(st.success(), "clusterd exited with {st}");
+    assert_eq!(lab.service_pid(MASTER), None, "the service was not stopped");
+    assert_eq!(lab.block_status(MASTER).unwrap()["role"], "Secondary");
+    lab.wait_group(SLAVE, SLAVE, T).unwrap();
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+    eprintln!("switchover on SIGTERM in {:?}", t0.elapsed());
+    assert!(!lab.run_dir(MASTER).join("clusterd.sock").exists());
+}
+
+#[test]
+fn move_standby_online_and_events() {
+    use std::io::Read;
+    let lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    let mut events = lab
+        .tool("clusterctl", MASTER)
+        .args(["events", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    // Refusals and usage errors.
+    let out = lab
+        .ctl("clusterctl", MASTER, &["move", "web", "nowhere"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node"));
+    let out = lab
+        .ctl("clusterctl", MASTER, &["move", "nogroup", SLAVE])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = lab.ctl("clusterctl", MASTER, &["move", "web"]).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    // An administrator's move, issued on the node that holds the group.
+    lab.ctl_ok("clusterctl", MASTER, &["move", "web", SLAVE])
+        .unwrap();
+    lab.wait_group(SLAVE, SLAVE, T).unwrap();
+    lab.wait_group(MASTER, SLAVE, T).unwrap();
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+    // And back, issued on the other node.
+    lab.ctl_ok("clusterctl", MASTER, &["move", "web", MASTER])
+        .unwrap();
+    lab.wait_group(MASTER, MASTER, T).unwrap();
+
+    // Standby gives the group away; online takes it back (auto_failback).
+    lab.ctl_ok("clusterctl", MASTER, &["standby"]).unwrap();
+    let s = lab.wait_group(SLAVE, SLAVE, T).unwrap();
+    assert_eq!(s["nodes"][1]["standby"], true);
+    lab.ctl_ok("clusterctl", MASTER, &["online"]).unwrap();
+    lab.wait_group(MASTER, MASTER, T).unwrap();
+
+    let _ = events.kill();
+    let _ = events.wait();
+    let mut text = String::new();
+    events
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let kinds: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for k in ["move", "verdict", "group", "standby", "online"] {
+        assert!(kinds.iter().any(|x| x == k), "no {k} event in {kinds:?}");
+    }
+}
+
+#[test]
+fn standby_and_online_of_the_peer_are_forwarded_and_cannot_be_replayed() {
+    let lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    let mut cap = lab
+        .capture(
+            "b1",
+            &[
+                "udp",
+                "and",
+                "dst",
+                "host",
+                "10.213.1.2",
+                "and",
+                "dst",
+                "port",
+                &HB_PORT.to_string(),
+            ],
+            true,
+        )
+        .unwrap();
+    // Issued on the slave, about the master.
+    let out = lab.ctl("clusterctl", SLAVE, &["standby", MASTER]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forwarded"));
+    let s = lab.wait_group(MASTER, SLAVE, T).unwrap();
+    assert_eq!(s["nodes"][0]["standby"], true);
+    let requests: Vec<Vec<u8>> = pcap_udp_payloads(&cap.finish())
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.starts_with(b"HBRQ"))
+        .collect();
+    assert!(!requests.is_empty(), "no forwarded request captured");
+
+    lab.ctl_ok("clusterctl", SLAVE, &["online", MASTER])
+        .unwrap();
+    lab.wait_group(MASTER, MASTER, T).unwrap();
+
+    // The captured standby request, replayed from the slave's own address: refused.
+    lab.in_ns(SLAVE, move || {
+        let s = std::net::UdpSocket::bind("10.213.1.3:0").unwrap();
+        for p in &requests {
+            s.send_to(p, format!("10.213.1.2:{HB_PORT}")).unwrap();
+        }
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let s = lab.wait_group(MASTER, MASTER, T).unwrap();
+    assert_eq!(s["nodes"][0]["standby"], false, "{s}");
+    let log = std::fs::read_to_string(lab.log(MASTER, "clusterd")).unwrap();
+    assert!(log.contains("refused a stale or replayed admin request"));
+
+    let out = lab
+        .ctl("clusterctl", SLAVE, &["standby", "nobody"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+fn power_loss_with_fence(command: &str) -> Lab {
+    let opts = LabOptions {
+        heartbeat_extra: format!("fence = \"{command}\""),
+        ..LabOptions::default()
+    };
+    let mut lab = Lab::running(opts, MASTER).unwrap();
+    lab.kill_all_in(MASTER);
+    lab.unplug(MASTER).unwrap();
+    lab
+}
+
+#[test]
+fn takeover_waits_for_a_successful_fence() {
+    let lab = power_loss_with_fence("echo {peer} > {dir}/fenced");
+    let s = lab.wait_group(SLAVE, SLAVE, T).unwrap();
+    let fenced = std::fs::read_to_string(lab.dir.path().join("fenced")).unwrap();
+    assert_eq!(fenced.trim(), MASTER);
+    assert_eq!(s["last_failover"]["from"], MASTER);
+    let log = std::fs::read_to_string(lab.log(SLAVE, "clusterd")).unwrap();
+    let fenced_at = log
+        .find("fencing master: done")
+        .expect("no fence in the log");
+    let acquire_at = log
+        .find("dead and was fenced")
+        .expect("no takeover after fencing");
+    assert!(fenced_at < acquire_at);
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn a_failed_fence_never_takes_over() {
+    let lab = power_loss_with_fence("exit 1");
+    let s = lab
+        .wait_cluster(SLAVE, "fencing failed", T, |s| {
+            group(s)["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("fencing master failed"))
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let s2 = lab.status(SLAVE).unwrap();
+    assert_eq!(group(&s2)["state"], "stopped", "{s} {s2}");
+    assert_eq!(lab.block_status(SLAVE).unwrap()["role"], "Secondary");
+}
+
+#[test]
+fn a_holder_that_loses_its_ping_target_hands_the_group_over() {
+    let opts = LabOptions {
+        heartbeat_extra: "ping = [\"10.213.0.10\"]".into(),
+        ..LabOptions::default()
+    };
+    let lab = Lab::running(opts, MASTER).unwrap();
+    // The master's LAN cable is cut: it no longer reaches the client, but still hears
+    // the slave on the replication link.
+    lab.set_link(MASTER, 0, false).unwrap();
+    let s = lab.wait_group(SLAVE, SLAVE, T).unwrap();
+    assert_eq!(s["nodes"][1]["alive"], true);
+    assert_eq!(s["nodes"][1]["ping_ok"], false);
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn a_restarted_clusterd_without_blockd_does_not_claim_the_group() {
+    let mut lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    lab.kill9(SLAVE, "clusterd");
+    lab.kill9(SLAVE, "blockd");
+    lab.start(SLAVE, "clusterd").unwrap();
+    let s = lab
+        .wait_cluster(SLAVE, "probed and master heard", T, |s| {
+            group(s)["state"] == "stopped" && s["nodes"][1]["alive"] == true
+        })
+        .unwrap();
+    assert_eq!(group(&s)["holder"], MASTER, "{s}");
+    std::thread::sleep(Duration::from_secs(1));
+    lab.wait_group(MASTER, MASTER, T).unwrap();
+    lab.start(SLAVE, "blockd").unwrap();
+    lab.wait_block(SLAVE, "reconnected", T, |b| b["connection"] == "Connected")
+        .unwrap();
+    lab.wait_group(SLAVE, MASTER, T).unwrap();
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn notifies_systemd_ready_and_pings_the_watchdog() {
+    let mut lab = Lab::new(LabOptions::default()).unwrap();
+    lab.start_blockd_synced().unwrap();
+    let path = lab.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    lab.start_with_env(
+        MASTER,
+        "clusterd",
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && !(seen.contains("READY=1") && seen.matches("WATCHDOG=1").count() >= 3)
+    {
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+    }
+    assert!(seen.contains("READY=1"), "{seen}");
+    assert!(seen.matches("WATCHDOG=1").count() >= 3, "{seen}");
+    let st = lab.terminate(MASTER, "clusterd", T).unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn clusterd_starts_before_its_addresses_exist() {
+    let mut lab = Lab::running(LabOptions::default(), MASTER).unwrap();
+    lab.kill9(SLAVE, "clusterd");
+    lab.unplug(SLAVE).unwrap();
+    lab.start(SLAVE, "clusterd").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    lab.plug(SLAVE).unwrap();
+    let s = lab
+        .wait_cluster(SLAVE, "master heard on both links", T, |s| {
+            s["nodes"][1]["links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["up"] == true)
+        })
+        .unwrap();
+    assert_eq!(group(&s)["holder"], MASTER);
+    lab.wait_group(MASTER, MASTER, T).unwrap();
 }

@@ -107,6 +107,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         let rcfg = links::ReceiverConfig {
             secret: secret.clone(),
             cluster_id: hablock_proto::heartbeat::cluster_id(&cfg.cluster.name),
+            me: me.clone(),
             peer: peer.clone(),
             peer_addrs: peer_addrs.clone(),
         };

@@ -114,8 +114,22 @@ pub async fn demote(ctx: &AgentContext, resource: &str) -> StepResult {
     expect_ok(call(&blockd_socket(&ctx.run_dir), &req, ctx.blockd_timeout).await?)
 }
 
-/// The resource is Primary here.
+/// The resource is Primary here. A blockd that is not running holds no Primary role
+/// (its socket is absent or refuses): that answers "not running", not "unknown".
 pub async fn probe(ctx: &AgentContext, resource: &str) -> StepResult<bool> {
+    let sock = blockd_socket(&ctx.run_dir);
+    if let Err(e) = UnixStream::connect(&sock).await {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+        ) {
+            tracing::warn!(
+                resource,
+                "blockd is not running: {resource} is not Primary here"
+            );
+            return Ok(false);
+        }
+    }
     Ok(status(&ctx.run_dir, resource, ctx.blockd_timeout)
         .await?
         .role

@@ -83,8 +83,13 @@ pub async fn start(ctx: &AgentContext, exec: Option<&str>, unit: Option<&str>) -
         return Err(StepError::Failed(format!("{cmdline} exited at once")));
     };
     let path = pid_file(ctx);
-    std::fs::write(&path, format!("{pid} {start}\n"))
-        .map_err(|e| StepError::io(format!("writing {}", path.display()), e))?;
+    if let Err(e) = std::fs::write(&path, format!("{pid} {start}\n")) {
+        // Without a pid file it could never be stopped or re-adopted: do not leave it.
+        let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = child.wait().await;
+        return Err(StepError::io(format!("writing {}", path.display()), e));
+    }
     // Reap it when it exits (the health check notices it is gone).
     tokio::spawn(async move {
         let status = child.wait().await;
