@@ -53,16 +53,18 @@ pub struct NodeConfig {
 pub struct HeartbeatConfig {
     /// UDP port (default 694).
     pub port: u16,
-    /// Interval between heartbeats (default `"1s"`).
+    /// Interval between heartbeats (default `"500ms"`).
     #[serde(deserialize_with = "units::duration")]
     pub keepalive: Duration,
-    /// A peer silent this long is logged as late (default `"5s"`).
+    /// A peer silent this long is logged as late (default `"1s"`).
     #[serde(deserialize_with = "units::duration")]
     pub warntime: Duration,
-    /// A peer silent on every link this long is dead (default `"10s"`).
+    /// A peer silent on every link this long is dead (default `"2s"`: with the default
+    /// keepalive, four heartbeats lost on every link; the replication link vetoes a
+    /// takeover while the peer is still Primary on it).
     #[serde(deserialize_with = "units::duration")]
     pub deadtime: Duration,
-    /// Grace at start-up before a never-seen peer is dead (default `"30s"`).
+    /// Grace at start-up before a never-seen peer is dead (default `"20s"`).
     #[serde(deserialize_with = "units::duration")]
     pub initdead: Duration,
     /// Move groups back to their preferred node when it returns (default true).
@@ -82,10 +84,10 @@ impl Default for HeartbeatConfig {
     fn default() -> Self {
         HeartbeatConfig {
             port: 694,
-            keepalive: Duration::from_secs(1),
-            warntime: Duration::from_secs(5),
-            deadtime: Duration::from_secs(10),
-            initdead: Duration::from_secs(30),
+            keepalive: Duration::from_millis(500),
+            warntime: Duration::from_secs(1),
+            deadtime: Duration::from_secs(2),
+            initdead: Duration::from_secs(20),
             auto_failback: true,
             ping: Vec::new(),
             fence: None,
@@ -172,10 +174,10 @@ fn default_resync_rate() -> u64 {
     100 << 20
 }
 fn default_ping_interval() -> Duration {
-    Duration::from_secs(1)
+    Duration::from_millis(500)
 }
 fn default_peer_timeout() -> Duration {
-    Duration::from_secs(4)
+    Duration::from_secs(2)
 }
 fn default_connect_interval() -> Duration {
     Duration::from_secs(1)
@@ -239,13 +241,13 @@ pub struct ResourceConfig {
     /// Split brain, two Primaries (default `disconnect`).
     #[serde(default = "default_sb2")]
     pub after_sb_2pri: AfterSb2Pri,
-    /// Keepalive ping interval on the replication link (default `"1s"`).
+    /// Keepalive ping interval on the replication link (default `"500ms"`).
     #[serde(
         default = "default_ping_interval",
         deserialize_with = "units::duration"
     )]
     pub ping_interval: Duration,
-    /// The peer is gone after this long without a packet or a write ack (default `"4s"`).
+    /// The peer is gone after this long without a packet or a write ack (default `"2s"`).
     #[serde(default = "default_peer_timeout", deserialize_with = "units::duration")]
     pub peer_timeout: Duration,
     /// Pause between connection attempts (default `"1s"`).

@@ -42,8 +42,9 @@ pub struct LabOptions {
     pub auto_failback: bool,
     /// The service's `check` (`{dir}` is replaced with the lab directory).
     pub check: String,
-    /// `[heartbeat]` timings: keepalive, warntime, deadtime, initdead.
-    pub timings: [&'static str; 4],
+    /// `[heartbeat]` timings: keepalive, warntime, deadtime, initdead (`None`: the
+    /// keys are left out, so the configuration's defaults apply).
+    pub timings: Option<[&'static str; 4]>,
     /// Extra lines for `[heartbeat]` (`{dir}` is replaced with the lab directory).
     pub heartbeat_extra: String,
 }
@@ -53,7 +54,7 @@ impl Default for LabOptions {
         LabOptions {
             auto_failback: true,
             check: format!("http://{VIP}/"),
-            timings: ["200ms", "600ms", "1s", "2s"],
+            timings: Some(["200ms", "600ms", "1s", "2s"]),
             heartbeat_extra: String::new(),
         }
     }
@@ -135,7 +136,12 @@ impl Lab {
             fs::write(d.join(format!("{node}.ok")), "")?;
         }
         let dd = d.display();
-        let [keepalive, warntime, deadtime, initdead] = opts.timings;
+        let timings = match opts.timings {
+            Some([keepalive, warntime, deadtime, initdead]) => format!(
+                "keepalive = \"{keepalive}\"\nwarntime = \"{warntime}\"\ndeadtime = \"{deadtime}\"\ninitdead = \"{initdead}\""
+            ),
+            None => String::new(),
+        };
         let check = opts.check.replace("{dir}", &dd.to_string());
         let text = format!(
             r#"[cluster]
@@ -152,10 +158,7 @@ heartbeat = ["10.213.0.152", "10.213.1.3"]
 
 [heartbeat]
 port = {HB_PORT}
-keepalive = "{keepalive}"
-warntime = "{warntime}"
-deadtime = "{deadtime}"
-initdead = "{initdead}"
+{timings}
 auto_failback = {fb}
 {hb_extra}
 
