@@ -392,6 +392,9 @@ enum LockOwner {
 }
 
 /// The replication engine of one resource.
+/// How often a running resync persists its progress.
+const BITMAP_PERSIST_INTERVAL_MS: u64 = 1000;
+
 pub struct Engine {
     cfg: EngineConfig,
     rng: StdRng,
@@ -416,6 +419,8 @@ pub struct Engine {
     resynced_bytes: u64,
     last_verify: Option<VerifyResult>,
     resync: Option<resync::Resync>,
+    /// When a running resync next writes its progress (the bitmap) to disk.
+    next_bitmap_persist_ms: u64,
     /// The ping that follows our last announced state change, until answered.
     state_sync: Option<u64>,
     meter: resync::RateMeter,
@@ -470,6 +475,7 @@ impl Engine {
             resynced_bytes: 0,
             last_verify: None,
             resync: None,
+            next_bitmap_persist_ms: 0,
             state_sync: None,
             meter: resync::RateMeter::default(),
             verify: None,
@@ -1201,6 +1207,13 @@ impl Engine {
         }
         self.resync_tick();
         self.verify_tick();
+        // Resync progress reaches the disk every second on both sides, so a node that
+        // crashes mid-resync resumes where it stopped instead of starting over.
+        let resyncing = self.resync.is_some() || self.conn.is_sync_target();
+        if resyncing && now >= self.next_bitmap_persist_ms {
+            self.next_bitmap_persist_ms = now + BITMAP_PERSIST_INTERVAL_MS;
+            self.actions.push(Action::PersistBitmap);
+        }
     }
 
     /// Progress the background work after every input.
