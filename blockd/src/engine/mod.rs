@@ -391,10 +391,10 @@ enum LockOwner {
     Verify(u64),
 }
 
-/// The replication engine of one resource.
 /// How often a running resync persists its progress.
 const BITMAP_PERSIST_INTERVAL_MS: u64 = 1000;
 
+/// The replication engine of one resource.
 pub struct Engine {
     cfg: EngineConfig,
     rng: StdRng,
