@@ -132,10 +132,13 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             async move {
                 let mut last_err = String::new();
                 loop {
-                    let via = match resources::block::status(&run_dir, &res, BLOCKD_TIMEOUT).await {
+                    let (via, peer_up_to_date) = match resources::block::status(&run_dir, &res, BLOCKD_TIMEOUT).await {
                         Ok(s) => {
                             last_err.clear();
-                            resources::block::peer_primary_via_replication(&s)
+                            (
+                                resources::block::peer_primary_via_replication(&s),
+                                resources::block::peer_up_to_date(&s),
+                            )
                         }
                         Err(e) => {
                             let e = e.to_string();
@@ -143,12 +146,13 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                                 warn!("blockd status: {e}");
                                 last_err = e;
                             }
-                            false
+                            (false, false)
                         }
                     };
                     let msg = Msg::PeerPrimary {
                         group: gi,
                         via_replication: via,
+                        peer_up_to_date,
                     };
                     if tx.send(msg).await.is_err() {
                         return;

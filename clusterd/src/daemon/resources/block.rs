@@ -71,6 +71,12 @@ pub fn peer_primary_via_replication(s: &ResourceStatus) -> bool {
     s.peer_role == Role::Primary && connected(s.connection)
 }
 
+/// blockd reports the peer's copy UpToDate over a live replication link (a resync to it
+/// is done): the group may move there.
+pub fn peer_up_to_date(s: &ResourceStatus) -> bool {
+    s.peer_disk == hablock_proto::types::DiskState::UpToDate && connected(s.connection)
+}
+
 /// Longest a promotion waits for the local data to become UpToDate (a resync after
 /// the peer returned).
 pub const PROMOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(40);

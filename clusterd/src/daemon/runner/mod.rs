@@ -48,6 +48,8 @@ pub enum Msg {
         group: usize,
         /// blockd reports the peer Primary over a live replication link.
         via_replication: bool,
+        /// blockd reports the peer's copy UpToDate over a live replication link.
+        peer_up_to_date: bool,
     },
     /// An authenticated administrator request from the peer.
     Admin {
@@ -134,6 +136,9 @@ pub struct GroupRt {
     moved_to: Option<String>,
     peer_move_seen: Option<Option<MoveTarget>>,
     peer_primary_via_replication: bool,
+    /// The peer's copy of the group's block resource is UpToDate (true for a group
+    /// without one): a holder moves the group there only then.
+    peer_up_to_date: bool,
     last: Option<Decision>,
     takeover: Option<Takeover>,
     retry_stop_at: Option<Instant>,
@@ -153,6 +158,7 @@ impl GroupRt {
             moved_to: None,
             peer_move_seen: None,
             peer_primary_via_replication: false,
+            peer_up_to_date: true,
             last: None,
             takeover: None,
             retry_stop_at: None,
@@ -332,8 +338,10 @@ impl Runner {
             Msg::PeerPrimary {
                 group,
                 via_replication,
+                peer_up_to_date,
             } => {
                 if let Some(g) = self.groups.get_mut(group) {
+                    g.peer_up_to_date = peer_up_to_date;
                     if g.peer_primary_via_replication != via_replication {
                         info!(group = %g.name, peer = %self.peer, via_replication, "peer Primary on the replication link: {via_replication}");
                     }
