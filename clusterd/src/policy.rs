@@ -98,6 +98,11 @@ pub struct PlacementInput<'a> {
     /// blockd reports the peer Primary over a live replication link for the group's
     /// block resource.
     pub peer_primary_via_replication: bool,
+    /// blockd reports the peer's copy of the group's block resource UpToDate over a live
+    /// replication link (true for a group without one). An eligible holder gives the
+    /// group to the peer (failback, a move) only then: until its resync is done the peer
+    /// could not promote, and the group would be down meanwhile.
+    pub peer_up_to_date: bool,
     /// Fencing of the peer, for a takeover from a dead peer.
     pub fence: FenceState,
 }
@@ -241,7 +246,12 @@ pub fn decide(input: &PlacementInput<'_>) -> Decision {
             }
         }
         Some((name, why)) => {
-            if me.holds {
+            if me.holds && me.eligible() && !input.peer_up_to_date {
+                decision(
+                    Verdict::Hold,
+                    format!("{name} is {why}, but its data is not UpToDate yet: the group moves once its resync is done"),
+                )
+            } else if me.holds {
                 decision(Verdict::Release, format!("{name} is {why}"))
             } else {
                 decision(Verdict::Wait, format!("{name} is {why}"))

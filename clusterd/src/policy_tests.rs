@@ -22,6 +22,8 @@ struct World {
     auto_failback: bool,
     moved_to: Option<&'static str>,
     fence: [FenceState; 2],
+    /// Each node's copy is UpToDate (as the other's blockd reports it).
+    up_to_date: [bool; 2],
 }
 
 impl World {
@@ -37,6 +39,7 @@ impl World {
             auto_failback: true,
             moved_to: None,
             fence: [FenceState::NotConfigured; 2],
+            up_to_date: [true; 2],
         }
     }
 
@@ -61,6 +64,7 @@ impl World {
             moved_to: self.moved_to,
             // blockd: the peer is Primary exactly while it holds the group.
             peer_primary_via_replication: self.replication && self.holds[p],
+            peer_up_to_date: self.up_to_date[p],
             fence: self.fence[i],
         })
     }
@@ -138,6 +142,7 @@ fn failback_waits_for_the_peer_to_demote_on_replication() {
         auto_failback: true,
         moved_to: None,
         peer_primary_via_replication: true,
+        peer_up_to_date: true,
         fence: FenceState::NotConfigured,
     };
     let d = decide(&input);
@@ -145,6 +150,26 @@ fn failback_waits_for_the_peer_to_demote_on_replication() {
     assert!(d.reason.contains("demote"), "{d:?}");
     w.replication = false;
     assert_eq!(w.decide(0).verdict, Acquire);
+}
+
+#[test]
+fn failback_waits_until_the_returning_node_is_resynced() {
+    let mut w = World::new();
+    // slave took over while master was away; master is back, resyncing.
+    w.holds = [false, true];
+    w.up_to_date = [false, true];
+    let s = w.decide(1);
+    assert_eq!(s.verdict, Hold);
+    assert!(s.reason.contains("not UpToDate"), "{s:?}");
+    assert_eq!(w.decide(0).verdict, Wait);
+    // Standby still hands the group over at once.
+    w.standby[1] = true;
+    assert_eq!(w.decide(1).verdict, Release);
+    w.standby[1] = false;
+    // The resync is done: the orderly failback proceeds.
+    w.up_to_date = [true, true];
+    assert_eq!(w.step(), [Wait, Release]);
+    assert_eq!(w.step(), [Acquire, Wait]);
 }
 
 #[test]

@@ -132,23 +132,24 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             async move {
                 let mut last_err = String::new();
                 loop {
-                    let (via, peer_up_to_date) = match resources::block::status(&run_dir, &res, BLOCKD_TIMEOUT).await {
-                        Ok(s) => {
-                            last_err.clear();
-                            (
-                                resources::block::peer_primary_via_replication(&s),
-                                resources::block::peer_up_to_date(&s),
-                            )
-                        }
-                        Err(e) => {
-                            let e = e.to_string();
-                            if e != last_err {
-                                warn!("blockd status: {e}");
-                                last_err = e;
+                    let (via, peer_up_to_date) =
+                        match resources::block::status(&run_dir, &res, BLOCKD_TIMEOUT).await {
+                            Ok(s) => {
+                                last_err.clear();
+                                (
+                                    resources::block::peer_primary_via_replication(&s),
+                                    resources::block::peer_up_to_date(&s),
+                                )
                             }
-                            (false, false)
-                        }
-                    };
+                            Err(e) => {
+                                let e = e.to_string();
+                                if e != last_err {
+                                    warn!("blockd status: {e}");
+                                    last_err = e;
+                                }
+                                (false, false)
+                            }
+                        };
                     let msg = Msg::PeerPrimary {
                         group: gi,
                         via_replication: via,

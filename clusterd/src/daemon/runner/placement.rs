@@ -46,25 +46,10 @@ impl Runner {
                     auto_failback: self.cfg.heartbeat.auto_failback,
                     moved_to: g.moved_to.as_deref(),
                     peer_primary_via_replication: g.peer_primary_via_replication,
+                    peer_up_to_date: g.peer_up_to_date,
                     fence: self.fence,
                 };
                 let mut d = policy::decide(&input);
-                // A holder that may keep the group gives it to the peer (failback, a
-                // move) only once the peer's copy is UpToDate: until its resync is done
-                // the peer could not promote, and the group would be down meanwhile.
-                if d.verdict == Verdict::Release
-                    && input.me.eligible()
-                    && peer_alive
-                    && !g.peer_up_to_date
-                {
-                    d = Decision {
-                        verdict: Verdict::Hold,
-                        reason: format!(
-                            "{}'s data is not UpToDate yet: the group moves once its resync is done",
-                            self.peer
-                        ),
-                    };
-                }
                 if self.membership.liveness() == PeerLiveness::Unknown
                     && matches!(d.verdict, Verdict::Acquire | Verdict::Fence)
                 {
