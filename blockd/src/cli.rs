@@ -1,51 +1,15 @@
-//! Options and helpers shared by `blockd` and `blockctl`.
+//! The daemon's options from the command line every hablock program shares
+//! ([`hablock_config::cli`]).
 
 use crate::daemon::DaemonOptions;
 use anyhow::Context;
-use clap::Args;
-use std::path::PathBuf;
+use hablock_config::cli::CommonOptions;
 
-/// `--config`, `--node`, `--run-dir`: every hablock program takes them.
-#[derive(Debug, Clone, Args)]
-pub struct CommonOptions {
-    /// Configuration file.
-    #[arg(long, global = true, default_value = hablock_config::DEFAULT_CONFIG_PATH)]
-    pub config: PathBuf,
-    /// This node's name (default: the hostname).
-    #[arg(long, global = true)]
-    pub node: Option<String>,
-    /// Run directory for sockets.
-    #[arg(long, global = true, default_value = hablock_config::DEFAULT_RUN_DIR)]
-    pub run_dir: PathBuf,
-}
-
-impl CommonOptions {
-    /// The node name: `--node`, or the hostname.
-    pub fn node(&self) -> anyhow::Result<String> {
-        if let Some(n) = &self.node {
-            return Ok(n.clone());
-        }
-        let h = nix::unistd::gethostname().context("reading the hostname")?;
-        Ok(h.to_string_lossy().into_owned())
-    }
-
-    /// The daemon's options.
-    pub fn daemon_options(&self) -> anyhow::Result<DaemonOptions> {
-        Ok(DaemonOptions {
-            config: self.config.clone(),
-            node: self.node()?,
-            run_dir: self.run_dir.clone(),
-        })
-    }
-}
-
-/// Logs to stderr (journald picks it up under systemd); `RUST_LOG` filters.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+/// The daemon's options: `--config`, `--node` (default: the hostname), `--run-dir`.
+pub fn daemon_options(common: &CommonOptions) -> anyhow::Result<DaemonOptions> {
+    Ok(DaemonOptions {
+        config: common.config.clone(),
+        node: common.node().context("this node's name")?,
+        run_dir: common.run_dir.clone(),
+    })
 }

@@ -14,7 +14,6 @@
 //! mounts, addresses, gratuitous ARP, services) and feeds the results back; [`cli`]
 //! holds what `clusterd` and `clusterctl` share.
 
-pub mod cli;
 pub mod daemon;
 pub mod group;
 pub mod membership;

@@ -8,6 +8,7 @@
 //!
 //! The structs are the configuration reference: each field's doc states its default.
 
+pub mod cli;
 mod types;
 mod units;
 

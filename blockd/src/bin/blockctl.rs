@@ -2,10 +2,10 @@
 //!
 //! Exit codes: 0 ok, 1 refused (one line on stderr), 2 bad usage or configuration.
 
-use blockd::cli::CommonOptions;
 use blockd::client::{Client, ClientError};
-use blockd::daemon::control_socket;
 use clap::{Parser, Subcommand};
+use hablock_config::cli::blockd_socket as control_socket;
+use hablock_config::cli::CommonOptions;
 use hablock_proto::control::{Request, ResourceStatus, Response};
 use hablock_proto::types::ConnState;
 use std::process::ExitCode;

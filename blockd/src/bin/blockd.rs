@@ -1,8 +1,8 @@
 //! `blockd`: the replicated block device daemon (foreground; systemd `Type=notify`).
 
 use anyhow::Context;
-use blockd::cli::CommonOptions;
 use clap::Parser;
+use hablock_config::cli::CommonOptions;
 
 /// hablock's block daemon: serves every configured resource, mirrors each write to the
 /// peer before acknowledging it (protocol C).
@@ -15,8 +15,8 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    blockd::cli::init_tracing();
-    let opts = match args.common.daemon_options() {
+    hablock_config::cli::init_tracing();
+    let opts = match blockd::cli::daemon_options(&args.common) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("blockd: {e:#}");

@@ -16,7 +16,7 @@ use hablock_config::{Config, ResourceConfig};
 use resource::{ResourceMsg, ResourceTask};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn, Instrument};
@@ -30,11 +30,6 @@ pub struct DaemonOptions {
     pub node: String,
     /// The run directory (control socket).
     pub run_dir: PathBuf,
-}
-
-/// Path of the control socket in `run_dir`.
-pub fn control_socket(run_dir: &Path) -> PathBuf {
-    run_dir.join("blockd.sock")
 }
 
 /// The engine's split-brain policy from the configuration.
@@ -76,7 +71,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&opts.run_dir, std::fs::Permissions::from_mode(0o700));
     }
-    let sock = control_socket(&opts.run_dir);
+    let sock = hablock_config::cli::blockd_socket(&opts.run_dir);
     if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
         bail!(
             "another blockd is running with run directory {}",

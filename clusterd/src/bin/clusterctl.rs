@@ -3,7 +3,7 @@
 //! Exit codes: 0 ok, 1 refused (one line on stderr), 2 bad usage or configuration.
 
 use clap::{Parser, Subcommand};
-use clusterd::cli::{control_socket, CommonOptions};
+use hablock_config::cli::{clusterd_socket as control_socket, CommonOptions};
 use hablock_proto::control::{self, ClusterRequest, ClusterResponse, ClusterStatus};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

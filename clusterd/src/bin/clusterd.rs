@@ -4,8 +4,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use clusterd::cli::CommonOptions;
 use clusterd::daemon::DaemonOptions;
+use hablock_config::cli::CommonOptions;
 
 /// hablock's cluster daemon: heartbeats over every link, moves the resource groups
 /// (block device, filesystem, virtual IP, service) to the surviving node.
@@ -18,7 +18,7 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    clusterd::cli::init_tracing();
+    hablock_config::cli::init_tracing();
     let node = match args.common.node() {
         Ok(n) => n,
         Err(e) => {

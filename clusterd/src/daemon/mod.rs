@@ -68,7 +68,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&opts.run_dir)
         .with_context(|| format!("creating {}", opts.run_dir.display()))?;
-    let sock = crate::cli::control_socket(&opts.run_dir);
+    let sock = hablock_config::cli::clusterd_socket(&opts.run_dir);
     if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
         bail!(
             "another clusterd is running with run directory {}",

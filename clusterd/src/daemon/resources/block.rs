@@ -2,7 +2,7 @@
 //! socket (`<run-dir>/blockd.sock`), and read its status.
 
 use super::{AgentContext, StepError, StepResult};
-use crate::cli::blockd_socket;
+use hablock_config::cli::blockd_socket;
 use hablock_proto::control::{self, Request, ResourceStatus, Response};
 use hablock_proto::types::{ConnState, DiskState, Role};
 use std::path::Path;

@@ -1,7 +1,7 @@
-//! Options and helpers shared by `clusterd` and `clusterctl` (the same
-//! `--config`/`--node`/`--run-dir` as blockd's tools).
+//! What every hablock program shares on its command line and at start-up: the
+//! `--config`/`--node`/`--run-dir` options, where the control sockets live in the run
+//! directory, and logging to stderr.
 
-use anyhow::Context;
 use clap::Args;
 use std::path::{Path, PathBuf};
 
@@ -9,35 +9,40 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Args)]
 pub struct CommonOptions {
     /// Configuration file.
-    #[arg(long, global = true, default_value = hablock_config::DEFAULT_CONFIG_PATH)]
+    #[arg(long, global = true, default_value = crate::DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
     /// This node's name (default: the hostname).
     #[arg(long, global = true)]
     pub node: Option<String>,
     /// Run directory for sockets.
-    #[arg(long, global = true, default_value = hablock_config::DEFAULT_RUN_DIR)]
+    #[arg(long, global = true, default_value = crate::DEFAULT_RUN_DIR)]
     pub run_dir: PathBuf,
 }
 
 impl CommonOptions {
     /// The node name: `--node`, or the hostname.
-    pub fn node(&self) -> anyhow::Result<String> {
+    pub fn node(&self) -> std::io::Result<String> {
         if let Some(n) = &self.node {
             return Ok(n.clone());
         }
-        let h = nix::unistd::gethostname().context("reading the hostname")?;
+        let h = nix::unistd::gethostname().map_err(|e| {
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!("reading the hostname: {e}"),
+            )
+        })?;
         Ok(h.to_string_lossy().into_owned())
     }
-}
-
-/// Path of clusterd's control socket in `run_dir`.
-pub fn control_socket(run_dir: &Path) -> PathBuf {
-    run_dir.join("clusterd.sock")
 }
 
 /// Path of blockd's control socket in `run_dir`.
 pub fn blockd_socket(run_dir: &Path) -> PathBuf {
     run_dir.join("blockd.sock")
+}
+
+/// Path of clusterd's control socket in `run_dir`.
+pub fn clusterd_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("clusterd.sock")
 }
 
 /// Logs to stderr (journald picks it up under systemd); `RUST_LOG` filters.
