@@ -1,13 +1,13 @@
 //! Page-aligned buffers for O_DIRECT I/O.
 
 use bytes::Bytes;
-use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
 
 /// Alignment O_DIRECT needs on every device we meet (and a page).
 pub const ALIGN: usize = 4096;
 
-/// A zeroed heap buffer aligned to [`ALIGN`].
+/// A heap buffer aligned to [`ALIGN`], always initialised (zeroed or copied).
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
@@ -27,11 +27,18 @@ impl AlignedBuf {
         Some(AlignedBuf { ptr, len })
     }
 
-    /// An aligned copy of `data`.
+    /// An aligned copy of `data` (written once: not zeroed first).
     pub fn copy_of(data: &[u8]) -> Option<AlignedBuf> {
-        let mut b = AlignedBuf::zeroed(data.len())?;
-        b.as_mut().copy_from_slice(data);
-        Some(b)
+        let layout = Layout::from_size_align(data.len().max(1), ALIGN).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = NonNull::new(unsafe { alloc(layout) })?;
+        // SAFETY: `ptr` is a fresh allocation of at least `data.len()` bytes, so the
+        // ranges cannot overlap; after the copy all `len` bytes are initialised.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.as_ptr(), data.len()) };
+        Some(AlignedBuf {
+            ptr,
+            len: data.len(),
+        })
     }
 
     /// Shares the buffer as `Bytes` without copying.
@@ -57,7 +64,7 @@ impl AsMut<[u8]> for AlignedBuf {
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         if let Ok(layout) = Layout::from_size_align(self.len.max(1), ALIGN) {
-            // SAFETY: allocated in `zeroed` with this very layout.
+            // SAFETY: allocated in `zeroed` or `copy_of` with this very layout.
             unsafe { dealloc(self.ptr.as_ptr(), layout) }
         }
     }

@@ -16,6 +16,7 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     hablock_config::cli::init_tracing();
+    keep_io_buffers_in_the_heap();
     let opts = match blockd::cli::daemon_options(&args.common) {
         Ok(o) => o,
         Err(e) => {
@@ -47,4 +48,19 @@ fn main() -> std::process::ExitCode {
 fn is_config_error(e: &anyhow::Error) -> bool {
     e.chain()
         .any(|c| c.downcast_ref::<hablock_config::ConfigError>().is_some())
+}
+
+/// Every request allocates and frees buffers of up to a few hundred KiB. By default
+/// glibc serves each from a fresh `mmap`, so the kernel faults in and zeroes every
+/// page of every request, then trims the heap again. Raising both thresholds keeps the freed
+/// buffers in the heap for the next request; the cost is that blockd keeps up to
+/// the trim threshold of freed memory.
+fn keep_io_buffers_in_the_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator parameters; it is called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
 }
