@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! // { magic u32 "HBLP" | version u8 | kind u8 | flags u16 | id u64 | payload_len u32
-//! //   | payload_crc u32 | reserved u32 | header_crc u32 } { payload [u8; payload_len] }
+//! //   | payload_xxh64 u64 | header_crc u32 } { payload [u8; payload_len] }
 //! ```
 //!
 //! | offset | size | field |
@@ -18,9 +18,14 @@
 //! | 6 | 2 | flags (reserved, sent as 0, ignored) |
 //! | 8 | 8 | id ([`Frame::id`]) |
 //! | 16 | 4 | payload length (at most [`MAX_PAYLOAD`], checked before allocating) |
-//! | 20 | 4 | CRC32C of the payload |
-//! | 24 | 4 | reserved (0) |
+//! | 20 | 8 | XXH64 (seed 0) of the payload |
 //! | 28 | 4 | CRC32C of bytes 0..28 |
+//!
+//! The payload checksum is XXH64 rather than CRC32C (version 1, never released): it
+//! is computed twice per replicated byte, and XXH64 is plain 64-bit integer arithmetic,
+//! fast everywhere (~13 GB/s on one x86 core, 3 GB/s even under QEMU's TCG, where the
+//! SSE4.2 `crc32` instruction is emulated at ~110 MB/s and capped replication there).
+//! 64 bits also make an undetected corruption far less likely than 32 would.
 //!
 //! A frame whose header checks out but whose payload checksum does not is reported as
 //! [`Decoded::Corrupt`] with its kind and id, and the stream goes on: the receiver
@@ -72,14 +77,15 @@
 //! resource | responder node) }` ([`auth_mac`]), compared in constant time.
 
 use crate::types::{DiskState, Role, Uuids};
+use bytes::{Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use thiserror::Error;
 
 /// The protocol version this build speaks (the highest it accepts).
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// The lowest protocol version this build accepts.
-pub const MIN_PROTOCOL_VERSION: u8 = 1;
+pub const MIN_PROTOCOL_VERSION: u8 = 2;
 /// Largest payload accepted in one frame; larger lengths are refused before allocating.
 pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024 + 4096;
 /// Size of the fixed frame header.
@@ -183,8 +189,8 @@ pub enum Message {
         offset: u64,
         /// Must be durable before it is acknowledged.
         fua: bool,
-        /// The bytes.
-        payload: Vec<u8>,
+        /// The bytes (shared, never copied by the codec's send and receive paths).
+        payload: Bytes,
     },
     /// The write (or trim) with this frame id is done on the sender.
     DataAck,
@@ -211,8 +217,8 @@ pub enum Message {
     RsData {
         /// Byte offset.
         offset: u64,
-        /// The bytes.
-        payload: Vec<u8>,
+        /// The bytes (shared, as in `Data`).
+        payload: Bytes,
     },
     /// The resync block with this id is written.
     RsAck,
@@ -392,6 +398,15 @@ fn put_uuids(out: &mut Vec<u8>, u: &Uuids) {
     }
 }
 
+/// The bulk bytes that end a message's payload (data blocks), sent without copying.
+fn bulk_of(msg: &Message) -> Option<&Bytes> {
+    match msg {
+        Message::Data { payload, .. } | Message::RsData { payload, .. } => Some(payload),
+        _ => None,
+    }
+}
+
+/// Appends the payload of `msg` without its bulk bytes ([`bulk_of`]).
 fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
     match msg {
         Message::Hello(h) => {
@@ -425,14 +440,9 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
                 out.extend_from_slice(&w.to_le_bytes());
             }
         }
-        Message::Data {
-            offset,
-            fua,
-            payload,
-        } => {
+        Message::Data { offset, fua, .. } => {
             out.extend_from_slice(&offset.to_le_bytes());
             out.push(u8::from(*fua));
-            out.extend_from_slice(payload);
         }
         Message::Trim {
             offset,
@@ -443,10 +453,7 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&len.to_le_bytes());
             out.push(u8::from(*zeroes));
         }
-        Message::RsData { offset, payload } => {
-            out.extend_from_slice(&offset.to_le_bytes());
-            out.extend_from_slice(payload);
-        }
+        Message::RsData { offset, .. } => out.extend_from_slice(&offset.to_le_bytes()),
         Message::ResyncDone { uuids } => put_uuids(out, uuids),
         Message::OutOfSync { offset, len } => {
             out.extend_from_slice(&offset.to_le_bytes());
@@ -478,39 +485,50 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
     }
 }
 
+/// One encoded frame in two parts, so a data block is sent without being copied:
+/// the header and the start of the payload, then the block itself (empty for messages
+/// without one). On the wire they are simply `head` followed by `bulk`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// The 32-byte header and the payload's fields.
+    pub head: Vec<u8>,
+    /// The payload's data block (shares the frame's buffer).
+    pub bulk: Bytes,
+}
+
+/// Encodes a frame in two parts ([`Encoded`]).
+pub fn encode_parts(frame: &Frame) -> Encoded {
+    let mut head = Vec::with_capacity(HEADER_LEN + 32);
+    head.resize(HEADER_LEN, 0);
+    encode_payload(&frame.msg, &mut head);
+    let bulk = bulk_of(&frame.msg).cloned().unwrap_or_default();
+    finish_header(&mut head, kind_of(&frame.msg), frame.id, &bulk);
+    Encoded { head, bulk }
+}
+
 /// Appends one encoded frame to `out`.
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.resize(start + HEADER_LEN, 0);
-    encode_payload(&frame.msg, out);
-    finish_header(out, start, kind_of(&frame.msg), frame.id);
+    let parts = encode_parts(frame);
+    out.extend_from_slice(&parts.head);
+    out.extend_from_slice(&parts.bulk);
 }
 
-/// Appends a `Data` frame built straight from `payload`: the same bytes as
-/// [`encode`] of a [`Message::Data`], without first copying the payload into one.
-pub fn encode_data(id: u64, offset: u64, fua: bool, payload: &[u8], out: &mut Vec<u8>) {
-    let start = out.len();
-    out.reserve(HEADER_LEN + 9 + payload.len());
-    out.resize(start + HEADER_LEN, 0);
-    out.extend_from_slice(&offset.to_le_bytes());
-    out.push(u8::from(fua));
-    out.extend_from_slice(payload);
-    finish_header(out, start, 16, id);
-}
-
-/// Fills in the header of the frame whose payload follows `start + HEADER_LEN`.
-fn finish_header(out: &mut [u8], start: usize, kind: u8, id: u64) {
-    let payload_len = (out.len() - start - HEADER_LEN) as u32;
-    let payload_crc = crc32c::crc32c(&out[start + HEADER_LEN..]);
-    let h = &mut out[start..start + HEADER_LEN];
+/// Fills in the header at the start of `head`, whose payload is the rest of `head`
+/// followed by `bulk`.
+fn finish_header(head: &mut [u8], kind: u8, id: u64, bulk: &[u8]) {
+    let payload_len = (head.len() - HEADER_LEN + bulk.len()) as u32;
+    let mut hasher = xxhash_rust::xxh64::Xxh64::new(0);
+    hasher.update(&head[HEADER_LEN..]);
+    hasher.update(bulk);
+    let payload_hash = hasher.digest();
+    let h = &mut head[..HEADER_LEN];
     h[0..4].copy_from_slice(&MAGIC);
     h[4] = PROTOCOL_VERSION;
     h[5] = kind;
     h[6..8].copy_from_slice(&0u16.to_le_bytes());
     h[8..16].copy_from_slice(&id.to_le_bytes());
     h[16..20].copy_from_slice(&payload_len.to_le_bytes());
-    h[20..24].copy_from_slice(&payload_crc.to_le_bytes());
-    h[24..28].copy_from_slice(&0u32.to_le_bytes());
+    h[20..28].copy_from_slice(&payload_hash.to_le_bytes());
     let header_crc = crc32c::crc32c(&h[0..28]);
     h[28..32].copy_from_slice(&header_crc.to_le_bytes());
 }
@@ -527,11 +545,16 @@ fn le_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Decodes one frame from the start of `buf`.
-///
-/// `Ok(None)`: more bytes are needed. `Ok(Some((decoded, consumed)))`: one frame
-/// (possibly [`Decoded::Corrupt`]) took `consumed` bytes. `Err`: the stream is broken.
-pub fn decode(buf: &[u8]) -> Result<Option<(Decoded, usize)>, FrameError> {
+/// A checked header: what follows it, and how long the whole frame is.
+struct Header {
+    kind: u8,
+    id: u64,
+    payload_hash: u64,
+    total: usize,
+}
+
+/// Checks the header at the start of `buf`; `Ok(None)` until it is complete.
+fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
     // Check what can be checked early, so garbage is refused without waiting.
     if buf.len() >= 4 && buf[0..4] != MAGIC {
         return Err(FrameError::BadMagic);
@@ -551,24 +574,60 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Decoded, usize)>, FrameError> {
     if kind_name(kind) == "unknown" {
         return Err(FrameError::UnknownKind(kind));
     }
-    let id = le_u64(&h[8..16]);
     let len = le_u32(&h[16..20]);
     if len > MAX_PAYLOAD {
         return Err(FrameError::PayloadTooLarge(len));
     }
-    let total = HEADER_LEN + len as usize;
-    if buf.len() < total {
-        return Ok(None);
-    }
-    let payload = &buf[HEADER_LEN..total];
-    if crc32c::crc32c(payload) != le_u32(&h[20..24]) {
-        return Ok(Some((Decoded::Corrupt { kind, id }, total)));
+    Ok(Some(Header {
+        kind,
+        id: le_u64(&h[8..16]),
+        payload_hash: le_u64(&h[20..28]),
+        total: HEADER_LEN + len as usize,
+    }))
+}
+
+/// Checks a complete frame's payload and decodes it.
+fn decode_checked(header: &Header, payload: &Bytes) -> Result<Decoded, FrameError> {
+    let (kind, id) = (header.kind, header.id);
+    if xxhash_rust::xxh64::xxh64(payload, 0) != header.payload_hash {
+        return Ok(Decoded::Corrupt { kind, id });
     }
     let msg = decode_payload(kind, payload).map_err(|reason| FrameError::Malformed {
         kind: kind_name(kind),
         reason,
     })?;
-    Ok(Some((Decoded::Frame(Frame { id, msg }), total)))
+    Ok(Decoded::Frame(Frame { id, msg }))
+}
+
+/// Decodes one frame from the start of `buf`.
+///
+/// `Ok(None)`: more bytes are needed. `Ok(Some((decoded, consumed)))`: one frame
+/// (possibly [`Decoded::Corrupt`]) took `consumed` bytes. `Err`: the stream is broken.
+/// Data blocks are copied out of `buf`; a stream reader uses [`decode_from`].
+pub fn decode(buf: &[u8]) -> Result<Option<(Decoded, usize)>, FrameError> {
+    let Some(header) = parse_header(buf)? else {
+        return Ok(None);
+    };
+    if buf.len() < header.total {
+        return Ok(None);
+    }
+    let payload = Bytes::copy_from_slice(&buf[HEADER_LEN..header.total]);
+    Ok(Some((decode_checked(&header, &payload)?, header.total)))
+}
+
+/// Decodes one frame from the start of a stream buffer and removes it from `buf`.
+///
+/// The same results as [`decode`], but a data block in the frame shares `buf`'s
+/// memory instead of being copied.
+pub fn decode_from(buf: &mut BytesMut) -> Result<Option<Decoded>, FrameError> {
+    let Some(header) = parse_header(buf)? else {
+        return Ok(None);
+    };
+    if buf.len() < header.total {
+        return Ok(None);
+    }
+    let payload = buf.split_to(header.total).freeze().slice(HEADER_LEN..);
+    decode_checked(&header, &payload).map(Some)
 }
 
 /// A cursor over a payload; every read checks the remaining length.
@@ -635,8 +694,9 @@ impl<'a> Cursor<'a> {
         }
         Ok(n)
     }
-    fn rest(&mut self) -> Vec<u8> {
-        let r = self.b.to_vec();
+    /// The rest of the payload, as a slice of `whole` (the buffer `b` points into).
+    fn rest(&mut self, whole: &Bytes) -> Bytes {
+        let r = whole.slice(whole.len() - self.b.len()..);
         self.b = &[];
         r
     }
@@ -649,7 +709,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn decode_payload(kind: u8, payload: &[u8]) -> Field<Message> {
+fn decode_payload(kind: u8, payload: &Bytes) -> Field<Message> {
     let mut c = Cursor { b: payload };
     let msg = match kind {
         1 => Message::Hello(Hello {
@@ -690,7 +750,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Field<Message> {
         16 => Message::Data {
             offset: c.u64()?,
             fua: c.bool()?,
-            payload: c.rest(),
+            payload: c.rest(payload),
         },
         17 => Message::DataAck,
         18 => Message::DataNack,
@@ -705,7 +765,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Field<Message> {
         33 => Message::PingAck,
         48 => Message::RsData {
             offset: c.u64()?,
-            payload: c.rest(),
+            payload: c.rest(payload),
         },
         49 => Message::RsAck,
         50 => Message::RsNack,

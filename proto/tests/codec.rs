@@ -2,10 +2,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use bytes::{Bytes, BytesMut};
 use hablock_proto::control::{self, ControlError, Request, Response};
 use hablock_proto::peer::{
-    auth_mac, decode, encode, kind_of, negotiate, verify_auth_mac, Decoded, Frame, FrameError,
-    Hello, Message, NodeState, HEADER_LEN, MAX_PAYLOAD,
+    auth_mac, decode, decode_from, encode, encode_parts, kind_of, negotiate, verify_auth_mac,
+    Decoded, Frame, FrameError, Hello, Message, NodeState, HEADER_LEN, MAX_PAYLOAD,
 };
 use hablock_proto::types::{DiskState, Role, Uuids};
 use proptest::prelude::*;
@@ -29,19 +30,19 @@ fn golden() -> Vec<(Frame, &'static str)> {
             Frame {
                 id: 0,
                 msg: Message::Hello(Hello {
-                    min_version: 1,
-                    max_version: 1,
+                    min_version: 2,
+                    max_version: 2,
                     features: 3,
                     resource: "r0".into(),
                     node: "master".into(),
                     nonce: [0x11; 32],
                 }),
             },
-            "48424c5001010000000000000000000036000000e5f1f88000000000e2fd6151010103000000000000000200723006006d61737465721111111111111111111111111111111111111111111111111111111111111111",
+            "48424c5002010000000000000000000036000000b9a3389e92ae82140a4eab15020203000000000000000200723006006d61737465721111111111111111111111111111111111111111111111111111111111111111",
         ),
         (
             Frame { id: 0, msg: Message::Auth { mac: [0xab; 32] } },
-            "48424c50010200000000000000000000200000006112f525000000001dd31efeabababababababababababababababababababababababababababababababab",
+            "48424c50020200000000000000000000200000009f84d3d0450f50ef07c1e9baabababababababababababababababababababababababababababababababab",
         ),
         (
             Frame {
@@ -56,27 +57,31 @@ fn golden() -> Vec<(Frame, &'static str)> {
                     dirty_bits: 5,
                 }),
             },
-            "48424c500104000000000000000000003e000000e54940d0000000000164b5e3010300000040000000001111000000000000222200000000000033330000000000000000000000000000010000000068e5cf8b0100000500000000000000",
+            "48424c500204000000000000000000003e000000f718d54d55cea8ace428497a010300000040000000001111000000000000222200000000000033330000000000000000000000000000010000000068e5cf8b0100000500000000000000",
         ),
         (
-            Frame { id: 7, msg: Message::Data { offset: 4096, fua: true, payload: vec![0xde, 0xad, 0xbe, 0xef] } },
-            "48424c500110000007000000000000000d000000122ed824000000001109961f001000000000000001deadbeef",
+            Frame { id: 7, msg: Message::Data { offset: 4096, fua: true, payload: Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef]) } },
+            "48424c500210000007000000000000000d00000066e8a0ddfaf4345c8822b758001000000000000001deadbeef",
+        ),
+        (
+            Frame { id: 3, msg: Message::RsData { offset: 65536, payload: Bytes::from_static(&[1, 2, 3, 4, 5, 6, 7, 8]) } },
+            "48424c500230000003000000000000001000000091463c2e704c8c4f7f03d85600000100000000000102030405060708",
         ),
         (
             Frame { id: 7, msg: Message::DataAck },
-            "48424c500111000007000000000000000000000000000000000000000674e449",
+            "48424c500211000007000000000000000000000099e9d85137db46efff32457d",
         ),
         (
             Frame { id: 9, msg: Message::Trim { offset: 8192, len: 65536, zeroes: true } },
-            "48424c50011300000900000000000000110000005c5dc96c00000000863af38a0020000000000000000001000000000001",
+            "48424c5002130000090000000000000011000000ae4e23d4f8399cccae3d00e70020000000000000000001000000000001",
         ),
         (
             Frame { id: 0, msg: Message::BitmapChunk { first_word: 2, words: vec![1, u64::MAX], last: true } },
-            "48424c500105000000000000000000001d000000a7546bf4000000007049e94a020000000000000001020000000100000000000000ffffffffffffffff",
+            "48424c500205000000000000000000001d000000c4a3cac1779d4b033540a775020000000000000001020000000100000000000000ffffffffffffffff",
         ),
         (
             Frame { id: 12, msg: Message::VerifyReply { offset: 0, checksums: vec![0xdeadbeef, 1] } },
-            "48424c50014100000c0000000000000014000000782a4bd00000000045c5d0de000000000000000002000000efbeadde01000000",
+            "48424c50024100000c000000000000001400000020607e221360530d36cf216e000000000000000002000000efbeadde01000000",
         ),
     ]
 }
@@ -91,7 +96,7 @@ fn peer_golden_vectors() {
         assert_eq!(d, Decoded::Frame(frame));
         // The layout: magic, version, kind at fixed offsets.
         assert_eq!(&bytes[0..4], b"HBLP");
-        assert_eq!(bytes[4], 1);
+        assert_eq!(bytes[4], 2);
     }
 }
 
@@ -191,7 +196,7 @@ fn payload_corruption_is_reported_with_kind_and_id() {
         msg: Message::Data {
             offset: 0,
             fua: false,
-            payload: vec![7; 4096],
+            payload: Bytes::from(vec![7; 4096]),
         },
     };
     let mut b = enc(&f);
@@ -326,7 +331,7 @@ fn arb_msg() -> impl Strategy<Value = Message> {
             .prop_map(|(offset, fua, payload)| Message::Data {
                 offset,
                 fua,
-                payload
+                payload: payload.into()
             }),
         Just(Message::DataAck),
         Just(Message::DataNack),
@@ -341,8 +346,12 @@ fn arb_msg() -> impl Strategy<Value = Message> {
         Just(Message::FlushAck),
         Just(Message::Ping),
         Just(Message::PingAck),
-        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..600))
-            .prop_map(|(offset, payload)| Message::RsData { offset, payload }),
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..600)).prop_map(
+            |(offset, payload)| Message::RsData {
+                offset,
+                payload: payload.into()
+            }
+        ),
         Just(Message::RsAck),
         Just(Message::RsNack),
         arb_uuids().prop_map(|uuids| Message::ResyncDone { uuids }),
@@ -357,10 +366,37 @@ fn arb_msg() -> impl Strategy<Value = Message> {
 
 proptest! {
     #[test]
-    fn encode_data_matches_encode(id in any::<u64>(), offset in any::<u64>(), fua in any::<bool>(), payload in proptest::collection::vec(any::<u8>(), 0..3000)) {
-        let mut direct = Vec::new();
-        hablock_proto::peer::encode_data(id, offset, fua, &payload, &mut direct);
-        prop_assert_eq!(direct, enc(&Frame { id, msg: Message::Data { offset, fua, payload } }));
+    fn parts_are_the_frame_and_share_the_block(id in any::<u64>(), msg in arb_msg()) {
+        let f = Frame { id, msg };
+        let parts = encode_parts(&f);
+        prop_assert_eq!([&parts.head[..], &parts.bulk[..]].concat(), enc(&f));
+        if let Message::Data { payload, .. } | Message::RsData { payload, .. } = &f.msg {
+            prop_assert_eq!(parts.bulk.as_ptr(), payload.as_ptr());
+        } else {
+            prop_assert!(parts.bulk.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_stream_of_frames_decodes_in_any_split(frames in proptest::collection::vec((any::<u64>(), arb_msg()), 1..6), cut in any::<prop::sample::Index>()) {
+        let mut wire = Vec::new();
+        for (id, msg) in &frames {
+            encode(&Frame { id: *id, msg: msg.clone() }, &mut wire);
+        }
+        // Fed in two pieces, cut anywhere: the same frames, and the buffer ends empty.
+        let at = cut.index(wire.len() + 1);
+        let mut buf = BytesMut::from(&wire[..at]);
+        let mut got = Vec::new();
+        while let Some(d) = decode_from(&mut buf).unwrap() {
+            got.push(d);
+        }
+        buf.extend_from_slice(&wire[at..]);
+        while let Some(d) = decode_from(&mut buf).unwrap() {
+            got.push(d);
+        }
+        prop_assert!(buf.is_empty());
+        let want: Vec<Decoded> = frames.into_iter().map(|(id, msg)| Decoded::Frame(Frame { id, msg })).collect();
+        prop_assert_eq!(got, want);
     }
 
     #[test]

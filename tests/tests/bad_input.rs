@@ -134,8 +134,8 @@ fn garbage_and_truncated_frames_on_the_replication_port_do_not_disturb_the_sessi
     let hello = Frame {
         id: 0,
         msg: Message::Hello(Hello {
-            min_version: 1,
-            max_version: 1,
+            min_version: peer::MIN_PROTOCOL_VERSION,
+            max_version: peer::PROTOCOL_VERSION,
             features: 0,
             resource: "r0".into(),
             node: "master".into(),

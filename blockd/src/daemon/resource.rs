@@ -10,7 +10,7 @@ use crate::engine::{
 use crate::md::MdStore;
 use crate::nbd::{self, NbdBackend};
 use hablock_proto::control::{Event, ResourceStatus};
-use hablock_proto::peer::encode;
+use hablock_proto::peer::{encode_parts, Encoded};
 use hablock_proto::types::DiskState;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -128,7 +128,7 @@ impl NbdBackend for ResourceHandle {
 
 struct Session {
     id: u64,
-    writer: mpsc::UnboundedSender<Vec<u8>>,
+    writer: mpsc::UnboundedSender<Encoded>,
     reader: JoinHandle<()>,
     _ended: oneshot::Sender<()>,
 }
@@ -577,21 +577,7 @@ impl ResourceTask {
             }
             Action::Send(frame) => {
                 if let Some(s) = session {
-                    let mut out = Vec::with_capacity(64);
-                    encode(&frame, &mut out);
-                    let _ = s.writer.send(out);
-                }
-            }
-            Action::SendData {
-                id,
-                offset,
-                fua,
-                data,
-            } => {
-                if let Some(s) = session {
-                    let mut out = Vec::new();
-                    hablock_proto::peer::encode_data(id, offset, fua, &data, &mut out);
-                    let _ = s.writer.send(out);
+                    let _ = s.writer.send(encode_parts(&frame));
                 }
             }
             Action::CloseSession {

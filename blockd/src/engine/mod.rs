@@ -225,18 +225,6 @@ pub enum Action {
     },
     /// Send a frame on the current session.
     Send(Frame),
-    /// Send a replicated write (a `Data` frame) on the current session, encoded
-    /// straight from the shared buffer.
-    SendData {
-        /// Frame id (the write's id).
-        id: u64,
-        /// Byte offset.
-        offset: u64,
-        /// Durable before acknowledged.
-        fua: bool,
-        /// The bytes.
-        data: Bytes,
-    },
     /// Close this session (if it is still open); reconnect if the engine still wants
     /// a connection.
     CloseSession {
@@ -904,7 +892,7 @@ impl Engine {
             WritePayload::Data(data) => Message::Data {
                 offset,
                 fua,
-                payload: data.to_vec(),
+                payload: data.clone(),
             },
             WritePayload::Trim { zeroes } => Message::Trim {
                 offset,
@@ -1050,7 +1038,7 @@ impl Engine {
                 self.actions.push(Action::LocalWrite {
                     op,
                     offset,
-                    data: Bytes::from(payload),
+                    data: payload,
                     fua,
                 });
             }

@@ -10,6 +10,7 @@ use super::ranges::Range;
 use super::session::Mode;
 use super::{Action, Engine, IoOutcome, LockOwner, OpKind};
 use crate::md::BLOCK_BYTES;
+use bytes::Bytes;
 use hablock_proto::peer::Message;
 use hablock_proto::types::{DiskState, Uuids};
 use std::collections::{HashMap, VecDeque};
@@ -33,7 +34,7 @@ pub(super) struct Resync {
 struct Chunk {
     offset: u64,
     len: u64,
-    data: Option<Vec<u8>>,
+    data: Option<Bytes>,
 }
 
 /// Rate samples for status: (mono ms, resynced bytes).
@@ -226,6 +227,7 @@ impl Engine {
         match outcome {
             IoOutcome::Data(data) => {
                 let offset = c.offset;
+                let data = Bytes::from(data);
                 c.data = Some(data.clone());
                 self.send(
                     chunk,
@@ -294,7 +296,7 @@ impl Engine {
         );
     }
 
-    pub(super) fn on_rs_data(&mut self, frame_id: u64, offset: u64, payload: Vec<u8>) {
+    pub(super) fn on_rs_data(&mut self, frame_id: u64, offset: u64, payload: Bytes) {
         let len = payload.len() as u64;
         let op = self.alloc_id();
         let session = self.conn.session().unwrap_or(0);
@@ -310,7 +312,7 @@ impl Engine {
         self.actions.push(Action::LocalWrite {
             op,
             offset,
-            data: bytes::Bytes::from(payload),
+            data: payload,
             fua: false,
         });
     }

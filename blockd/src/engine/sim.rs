@@ -159,23 +159,6 @@ impl Cluster {
                         out.push_back(f)
                     }
                 }
-                Action::SendData {
-                    id,
-                    offset,
-                    fua,
-                    data,
-                } => {
-                    if connected {
-                        out.push_back(Frame {
-                            id,
-                            msg: hablock_proto::peer::Message::Data {
-                                offset,
-                                fua,
-                                payload: data.to_vec(),
-                            },
-                        })
-                    }
-                }
                 Action::CloseSession { session, .. } => close |= session == self.session,
                 Action::Complete { req, outcome } => node.completed.push((req, outcome)),
                 Action::PersistSuperblock(st) => node.persisted.state = st,
