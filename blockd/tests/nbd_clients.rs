@@ -69,10 +69,10 @@ impl NbdBackend for MemBackend {
         SIZE as u64
     }
 
-    async fn read(&self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+    async fn read(&self, offset: u64, len: u32) -> io::Result<Bytes> {
         self.counts.reads.fetch_add(1, Ordering::Relaxed);
         let r = self.range(offset, u64::from(len))?;
-        Ok(self.data.lock().unwrap()[r].to_vec())
+        Ok(Bytes::copy_from_slice(&self.data.lock().unwrap()[r]))
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> io::Result<()> {

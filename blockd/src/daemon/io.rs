@@ -1,11 +1,14 @@
 //! Local I/O on the backing device.
 //!
 //! Reads, writes and flushes go through an io_uring queue ([`super::uring`]); FUA
-//! writes carry `RWF_DSYNC`. Writes aligned to 4 KiB go through a second descriptor
-//! opened with `O_DIRECT` (when the filesystem allows it), bypassing the page cache;
-//! others, and reads, use the page cache, which the kernel keeps coherent with direct
-//! writes (it flushes and invalidates the range around each one), and range locks
-//! keep overlapping writes from racing. Discards and write-zeroes (rare) run on tokio's blocking
+//! writes carry `RWF_DSYNC`. Reads and writes aligned to 4 KiB go through a second
+//! descriptor opened with `O_DIRECT` (when the filesystem allows it), bypassing the
+//! page cache; others use the page cache, which the kernel keeps coherent with direct
+//! I/O (it flushes and invalidates the range around each one), and range locks keep
+//! overlapping writes from racing. Aligned reads must bypass the cache too: a
+//! direct write over cached pages cannot be issued without blocking, so io_uring hands
+//! it to a worker thread (in the lab, a resync had cached the whole device and every
+//! later write took that detour). Discards and write-zeroes (rare) run on tokio's blocking
 //! pool. Where io_uring is unavailable the daemon says so and uses positioned
 //! reads and writes on the blocking pool instead. Durability policy: a write completes when
 //! the kernel has it (it survives a crash of blockd, not a power loss, exactly like a
@@ -100,7 +103,7 @@ impl Backing {
         run(move || {
             let mut buf = vec![0u8; len as usize];
             file.read_exact_at(&mut buf, offset)?;
-            Ok(Some(buf))
+            Ok(Some(buf.into()))
         })
         .await
     }
@@ -170,7 +173,7 @@ impl Backing {
     }
 }
 
-fn outcome(r: io::Result<Option<Vec<u8>>>) -> IoOutcome {
+fn outcome(r: io::Result<Option<Bytes>>) -> IoOutcome {
     match r {
         Ok(Some(data)) => IoOutcome::Data(data),
         Ok(None) => IoOutcome::Done,
@@ -180,7 +183,7 @@ fn outcome(r: io::Result<Option<Vec<u8>>>) -> IoOutcome {
 
 async fn run<F>(f: F) -> IoOutcome
 where
-    F: FnOnce() -> io::Result<Option<Vec<u8>>> + Send + 'static,
+    F: FnOnce() -> io::Result<Option<Bytes>> + Send + 'static,
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => outcome(r),
@@ -275,5 +278,51 @@ mod tests {
         };
         assert_eq!(got, vec![3u8; 4096]);
         assert_eq!(b.flush().await, IoOutcome::Done);
+    }
+
+    /// Pages of `f` in `[offset, offset + len)` that are in the page cache.
+    fn cached_pages(f: &File, offset: usize, len: usize) -> usize {
+        let page = 4096;
+        // SAFETY: a private read-only mapping of an open file, unmapped below; mincore
+        // writes one byte per page into a vector of exactly that many bytes.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                offset + len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            let mut v = vec![0u8; (offset + len) / page];
+            assert_eq!(libc::mincore(p, offset + len, v.as_mut_ptr()), 0);
+            libc::munmap(p, offset + len);
+            v[offset / page..].iter().filter(|b| **b & 1 != 0).count()
+        }
+    }
+
+    #[tokio::test]
+    async fn aligned_reads_bypass_the_page_cache() {
+        let f = tempfile::NamedTempFile::new_in("/var/tmp").unwrap();
+        f.as_file().set_len(1 << 20).unwrap();
+        let b = Backing::open(f.path()).unwrap();
+        // Written with O_DIRECT: nothing of it is cached.
+        let data: Bytes = vec![9u8; 65536].into();
+        assert_eq!(b.write(65536, data, true).await, IoOutcome::Done);
+        assert_eq!(cached_pages(f.as_file(), 65536, 65536), 0);
+        let IoOutcome::Data(got) = b.read(65536, 65536).await else {
+            panic!("read failed")
+        };
+        assert_eq!(got, vec![9u8; 65536]);
+        assert!(aligned::is_aligned(&got), "ready for an O_DIRECT write");
+        // A cached page would make the next direct write over it take io_uring's
+        // blocking detour.
+        assert_eq!(cached_pages(f.as_file(), 65536, 65536), 0);
+        // An unaligned read goes through the cache.
+        let IoOutcome::Data(got) = b.read(65536 + 512, 1024).await else {
+            panic!("read failed")
+        };
+        assert_eq!(got, vec![9u8; 1024]);
     }
 }

@@ -86,7 +86,7 @@ impl NbdBackend for ResourceHandle {
         self.size
     }
 
-    async fn read(&self, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
+    async fn read(&self, offset: u64, len: u32) -> std::io::Result<bytes::Bytes> {
         match self.submit(IoRequest::Read { offset, len }).await? {
             IoOutcome::Data(d) => Ok(d),
             _ => Err(std::io::Error::from_raw_os_error(libc::EIO)),

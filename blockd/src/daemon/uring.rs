@@ -6,6 +6,7 @@
 //! the thread's slot table until their operation completes, so the kernel never sees a
 //! freed buffer.
 
+use crate::aligned::{is_aligned, is_direct_ready, AlignedBuf};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -46,7 +47,7 @@ pub enum UringOp {
 }
 
 /// The result: read data, or nothing.
-pub type UringResult = io::Result<Option<Vec<u8>>>;
+pub type UringResult = io::Result<Option<Bytes>>;
 
 struct Submission {
     op: UringOp,
@@ -103,7 +104,8 @@ impl UringQueue {
 /// An operation in the ring, with the memory the kernel uses.
 struct Slot {
     op: UringOp,
-    buf: Vec<u8>,
+    /// A read's buffer (page-aligned, so an aligned read can use O_DIRECT).
+    buf: Option<AlignedBuf>,
     /// Bytes done so far (short reads and writes are resubmitted for the rest).
     done_bytes: usize,
     reply: oneshot::Sender<UringResult>,
@@ -119,8 +121,12 @@ fn sqe_for(
     let d = slot.done_bytes;
     match &slot.op {
         UringOp::Read { offset, len } => {
-            let rest = &mut slot.buf[d..*len as usize];
-            opcode::Read::new(types::Fd(fd), rest.as_mut_ptr(), rest.len() as u32)
+            let buf = slot.buf.as_mut().map_or(&mut [][..], |b| b.as_mut());
+            let rest = &mut buf[d..*len as usize];
+            // Direct when the offset, what is left and where it goes are block-aligned.
+            let use_direct = is_direct_ready(offset + d as u64, rest) && is_aligned(rest);
+            let f = if use_direct { direct_fd } else { fd };
+            opcode::Read::new(types::Fd(f), rest.as_mut_ptr(), rest.len() as u32)
                 .offset(offset + d as u64)
                 .build()
                 .user_data(user_data)
@@ -180,8 +186,14 @@ fn ring_thread(
         // is gone it simply finishes what is in flight and sleeps.
         while let Ok(s) = rx.try_recv() {
             let buf = match &s.op {
-                UringOp::Read { len, .. } => vec![0u8; *len as usize],
-                _ => Vec::new(),
+                UringOp::Read { len, .. } => match AlignedBuf::zeroed(*len as usize) {
+                    Some(b) => Some(b),
+                    None => {
+                        let _ = s.done.send(Err(io::Error::from_raw_os_error(libc::ENOMEM)));
+                        continue;
+                    }
+                },
+                _ => None,
             };
             let slot = Slot {
                 op: s.op,
@@ -265,7 +277,7 @@ fn ring_thread(
                 backlog.push_back(ud);
             } else if let Some(s) = slots[idx].take() {
                 let out = match s.op {
-                    UringOp::Read { .. } => Some(s.buf),
+                    UringOp::Read { .. } => s.buf.map(AlignedBuf::into_bytes),
                     _ => None,
                 };
                 let _ = s.reply.send(Ok(out));

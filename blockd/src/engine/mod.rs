@@ -92,8 +92,9 @@ pub enum IoRequest {
 pub enum IoOutcome {
     /// Done, no data.
     Done,
-    /// Done, with the data read.
-    Data(Vec<u8>),
+    /// Done, with the data read (page-aligned when the backing device could read it
+    /// with O_DIRECT).
+    Data(Bytes),
     /// Failed with this errno.
     Failed(i32),
 }

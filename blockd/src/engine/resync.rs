@@ -227,7 +227,6 @@ impl Engine {
         match outcome {
             IoOutcome::Data(data) => {
                 let offset = c.offset;
-                let data = Bytes::from(data);
                 c.data = Some(data.clone());
                 self.send(
                     chunk,

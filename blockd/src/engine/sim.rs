@@ -261,7 +261,12 @@ impl Cluster {
         let (op, outcome) = match act {
             Action::LocalRead { op, offset, len } => {
                 let o = offset as usize;
-                (op, IoOutcome::Data(node.disk[o..o + len as usize].to_vec()))
+                (
+                    op,
+                    IoOutcome::Data(bytes::Bytes::copy_from_slice(
+                        &node.disk[o..o + len as usize],
+                    )),
+                )
             }
             Action::LocalWrite {
                 op, offset, data, ..

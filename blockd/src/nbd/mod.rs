@@ -22,7 +22,7 @@ pub trait NbdBackend: Send + Sync + 'static {
     /// Export size.
     fn size_bytes(&self) -> u64;
     /// Reads `len` bytes at `offset`.
-    fn read(&self, offset: u64, len: u32) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
+    fn read(&self, offset: u64, len: u32) -> impl Future<Output = io::Result<Bytes>> + Send;
     /// Writes `data` at `offset`; durable first with `fua`.
     fn write(
         &self,
@@ -220,7 +220,7 @@ where
 
 /// A reply header, its read data, and the share of the in-flight budget it holds until
 /// it is on the socket.
-type Reply = ([u8; 16], Option<Vec<u8>>, Option<OwnedSemaphorePermit>);
+type Reply = ([u8; 16], Option<Bytes>, Option<OwnedSemaphorePermit>);
 
 /// Unit of the per-connection in-flight budget.
 const BUDGET_UNIT: u32 = 4096;
