@@ -6,6 +6,7 @@ pub mod control;
 pub mod io;
 pub mod peer;
 pub mod resource;
+pub mod sender;
 pub mod ublk;
 pub mod uring;
 
@@ -142,6 +143,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             want_link: want_tx,
             rx,
             tx: tx.clone(),
+            local_inflight: 0,
         };
         info!(resource = %name, peer = %peer_name, backing = %r.backing.display(), "resource up");
         tokio::spawn(task.run().instrument(span));

@@ -9,16 +9,14 @@
 use super::resource::ResourceMsg;
 use crate::engine::Input;
 use anyhow::{anyhow, bail, Context};
-use bytes::{Buf, Bytes, BytesMut};
-use hablock_proto::peer::{self, Decoded, Encoded, Frame, Hello, Message};
+use bytes::BytesMut;
+use hablock_proto::peer::{self, Decoded, Frame, Hello, Message};
 use rand::RngCore;
-use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -339,128 +337,3 @@ pub async fn read_session(
 
 /// The read buffer's free space before each read.
 const READ_CHUNK: usize = 1 << 20;
-/// At most this many bytes are gathered for one write.
-const WRITE_BATCH: usize = 4 << 20;
-
-/// Buffers queued for sending, in order.
-#[derive(Default)]
-struct Outgoing {
-    parts: VecDeque<Bytes>,
-    remaining: usize,
-}
-
-impl Outgoing {
-    /// Queues `part` after what is queued.
-    fn push(&mut self, part: Bytes) {
-        if !part.is_empty() {
-            self.remaining += part.len();
-            self.parts.push_back(part);
-        }
-    }
-}
-
-impl Buf for Outgoing {
-    fn remaining(&self) -> usize {
-        self.remaining
-    }
-
-    fn chunk(&self) -> &[u8] {
-        self.parts.front().map_or(&[], |p| &p[..])
-    }
-
-    fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
-        let mut n = 0;
-        for (slot, part) in dst.iter_mut().zip(&self.parts) {
-            *slot = IoSlice::new(part);
-            n += 1;
-        }
-        n
-    }
-
-    fn advance(&mut self, mut cnt: usize) {
-        self.remaining -= cnt.min(self.remaining);
-        while cnt > 0 {
-            let Some(front) = self.parts.front_mut() else {
-                return;
-            };
-            if cnt < front.len() {
-                front.advance(cnt);
-                return;
-            }
-            cnt -= front.len();
-            self.parts.pop_front();
-        }
-    }
-}
-
-/// Runs the writer half: encoded frames go out in order, what is queued in one
-/// vectored write, data blocks straight from their shared buffers.
-pub async fn write_session(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Encoded>,
-    session: u64,
-    to_resource: mpsc::Sender<ResourceMsg>,
-) {
-    let mut out = Outgoing::default();
-    while let Some(frame) = rx.recv().await {
-        out.push(frame.head.into());
-        out.push(frame.bulk);
-        while out.remaining() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(more) => {
-                    out.push(more.head.into());
-                    out.push(more.bulk);
-                }
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = wr.write_all_buf(&mut out).await {
-            let reason = format!("write error: {e}");
-            let _ = to_resource
-                .send(ResourceMsg::Engine(Input::PeerLost { session, reason }))
-                .await;
-            return;
-        }
-    }
-    let _ = wr.shutdown().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn queue(parts: &[&'static [u8]]) -> Outgoing {
-        let mut out = Outgoing::default();
-        for p in parts {
-            out.push(Bytes::from_static(p));
-        }
-        out
-    }
-
-    #[test]
-    fn outgoing_gives_the_bytes_in_order_across_partial_writes() {
-        let mut out = queue(&[&[1, 2, 3], &[4, 5, 6, 7], &[], &[8], &[9, 10], &[11]]);
-        assert_eq!(out.remaining(), 11);
-        let mut slices = [IoSlice::new(&[]); 8];
-        assert_eq!(
-            out.chunks_vectored(&mut slices),
-            5,
-            "empty parts are skipped"
-        );
-        // A short write ends inside the second part, then one inside the fourth.
-        let mut got = Vec::new();
-        for step in [5, 4, 2] {
-            let mut taken = 0;
-            while taken < step {
-                let c = out.chunk();
-                let n = c.len().min(step - taken);
-                got.extend_from_slice(&c[..n]);
-                out.advance(n);
-                taken += n;
-            }
-        }
-        assert_eq!(got, (1..=11).collect::<Vec<u8>>());
-        assert_eq!(out.remaining(), 0);
-        assert!(out.chunk().is_empty());
-    }
-}

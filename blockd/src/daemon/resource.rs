@@ -3,6 +3,7 @@
 
 use super::io::Backing;
 use super::peer::{self, NewSession};
+use super::sender;
 use super::ublk::{self, Phase, UblkDevice, UblkSpec};
 use crate::engine::{
     Action, Command, CommandResult, Engine, Input, IoOutcome, IoRequest, Now, ReqId,
@@ -10,7 +11,7 @@ use crate::engine::{
 use crate::md::MdStore;
 use crate::nbd::{self, NbdBackend};
 use hablock_proto::control::{Event, ResourceStatus};
-use hablock_proto::peer::{encode_parts, Encoded};
+use hablock_proto::peer::encode_parts;
 use hablock_proto::types::DiskState;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -126,9 +127,14 @@ impl NbdBackend for ResourceHandle {
     }
 }
 
+/// Up to this many frontend requests and backing-device operations in flight, small
+/// frames are sent from the resource task rather than by the writer thread
+/// ([`sender::Writer`]).
+const LIGHT_LOAD: usize = 2;
+
 struct Session {
     id: u64,
-    writer: mpsc::UnboundedSender<Encoded>,
+    writer: sender::Writer,
     reader: JoinHandle<()>,
     _ended: oneshot::Sender<()>,
 }
@@ -241,6 +247,8 @@ pub struct ResourceTask {
     pub rx: mpsc::Receiver<ResourceMsg>,
     /// A sender to the inbox, for completions.
     pub tx: mpsc::Sender<ResourceMsg>,
+    /// Operations on the backing device in flight (0 at the start).
+    pub local_inflight: usize,
 }
 
 fn now(start: Instant) -> Now {
@@ -276,6 +284,13 @@ impl ResourceTask {
         self.recover_primary(start);
         self.execute(&mut pending, &mut session, &mut fronts);
         loop {
+            // Frames staged while handling the last message go out before waiting for
+            // the next one: from here while little is in flight (latency), else by
+            // the writer thread.
+            if let Some(s) = session.as_mut() {
+                s.writer
+                    .flush(pending.len() + self.local_inflight <= LIGHT_LOAD);
+            }
             tokio::select! {
                 _ = tick.tick() => {
                     self.engine.handle(now(start), Input::Tick);
@@ -283,7 +298,12 @@ impl ResourceTask {
                 msg = self.rx.recv() => {
                     let Some(msg) = msg else { break };
                     match msg {
-                        ResourceMsg::Engine(input) => self.engine.handle(now(start), input),
+                        ResourceMsg::Engine(input) => {
+                            if matches!(input, Input::LocalDone { .. }) {
+                                self.local_inflight = self.local_inflight.saturating_sub(1);
+                            }
+                            self.engine.handle(now(start), input)
+                        }
                         ResourceMsg::Io { request, reply } => {
                             let req = next_req;
                             next_req += 1;
@@ -454,12 +474,10 @@ impl ResourceTask {
 
     fn start_session(&self, id: u64, s: NewSession) -> Session {
         let (rd, wr) = s.stream.into_split();
-        let (wtx, wrx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(peer::read_session(rd, s.leftover, id, self.tx.clone()));
-        tokio::spawn(peer::write_session(wr, wrx, id, self.tx.clone()));
         Session {
             id,
-            writer: wtx,
+            writer: sender::Writer::start(wr, id, self.tx.clone()),
             reader,
             _ended: s.ended,
         }
@@ -529,6 +547,7 @@ impl ResourceTask {
     ) {
         match action {
             Action::LocalRead { op, offset, len } => {
+                self.local_inflight += 1;
                 let (b, tx) = (self.backing.clone(), self.tx.clone());
                 tokio::spawn(async move {
                     let outcome = b.read(offset, len).await;
@@ -543,6 +562,7 @@ impl ResourceTask {
                 data,
                 fua,
             } => {
+                self.local_inflight += 1;
                 let (b, tx) = (self.backing.clone(), self.tx.clone());
                 tokio::spawn(async move {
                     let outcome = b.write(offset, data, fua).await;
@@ -558,6 +578,7 @@ impl ResourceTask {
                 zeroes,
                 fua,
             } => {
+                self.local_inflight += 1;
                 let (b, tx) = (self.backing.clone(), self.tx.clone());
                 tokio::spawn(async move {
                     let outcome = b.trim(offset, len, zeroes, fua).await;
@@ -567,6 +588,7 @@ impl ResourceTask {
                 });
             }
             Action::LocalFlush { op } => {
+                self.local_inflight += 1;
                 let (b, tx) = (self.backing.clone(), self.tx.clone());
                 tokio::spawn(async move {
                     let outcome = b.flush().await;
@@ -577,7 +599,8 @@ impl ResourceTask {
             }
             Action::Send(frame) => {
                 if let Some(s) = session {
-                    let _ = s.writer.send(encode_parts(&frame));
+                    let light = pending.len() + self.local_inflight <= LIGHT_LOAD;
+                    s.writer.send(encode_parts(&frame), light);
                 }
             }
             Action::CloseSession {
