@@ -143,7 +143,6 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             want_link: want_tx,
             rx,
             tx: tx.clone(),
-            local_inflight: 0,
         };
         info!(resource = %name, peer = %peer_name, backing = %r.backing.display(), "resource up");
         tokio::spawn(task.run().instrument(span));

@@ -247,8 +247,6 @@ pub struct ResourceTask {
     pub rx: mpsc::Receiver<ResourceMsg>,
     /// A sender to the inbox, for completions.
     pub tx: mpsc::Sender<ResourceMsg>,
-    /// Operations on the backing device in flight (0 at the start).
-    pub local_inflight: usize,
 }
 
 fn now(start: Instant) -> Now {
@@ -288,8 +286,7 @@ impl ResourceTask {
             // the next one: from here while little is in flight (latency), else by
             // the writer thread.
             if let Some(s) = session.as_mut() {
-                s.writer
-                    .flush(pending.len() + self.local_inflight <= LIGHT_LOAD);
+                s.writer.flush(self.light_load(&pending));
             }
             tokio::select! {
                 _ = tick.tick() => {
@@ -298,12 +295,7 @@ impl ResourceTask {
                 msg = self.rx.recv() => {
                     let Some(msg) = msg else { break };
                     match msg {
-                        ResourceMsg::Engine(input) => {
-                            if matches!(input, Input::LocalDone { .. }) {
-                                self.local_inflight = self.local_inflight.saturating_sub(1);
-                            }
-                            self.engine.handle(now(start), input)
-                        }
+                        ResourceMsg::Engine(input) => self.engine.handle(now(start), input),
                         ResourceMsg::Io { request, reply } => {
                             let req = next_req;
                             next_req += 1;
@@ -521,6 +513,11 @@ impl ResourceTask {
         }
     }
 
+    /// Little is in flight: small frames may go out from here ([`LIGHT_LOAD`]).
+    fn light_load(&self, pending: &HashMap<ReqId, oneshot::Sender<IoOutcome>>) -> bool {
+        pending.len() + self.engine.local_ops_in_flight() <= LIGHT_LOAD
+    }
+
     fn execute(
         &mut self,
         pending: &mut HashMap<ReqId, oneshot::Sender<IoOutcome>>,
@@ -547,7 +544,6 @@ impl ResourceTask {
     ) {
         match action {
             Action::LocalRead { op, offset, len } => {
-                self.local_inflight += 1;
                 let (b, tx) = (self.backing.clone(), self.tx.clone());
                 tokio::spawn(async move {
                     let outcome = b.read(offset, len).await;
@@ -562,7 +558,6 @@ impl ResourceTask {
                 data,
                 fua,
             } => {
-                self.local_inflight += 1;
                 let (b, tx) = (self.backing.clone(), self.tx.clone());
                 tokio::spawn(async move {
                     let outcome = b.write(offset, data, fua).await;
@@ -578,7 +573,6 @@ impl ResourceTask {
                 zeroes,
                 fua,
             } => {
-                self.local_inflight += 1;
                 let (b, tx) = (self.backing.clone(), self.tx.clone());
                 tokio::spawn(async move {
                     let outcome = b.trim(offset, len, zeroes, fua).await;
@@ -588,7 +582,6 @@ impl ResourceTask {
                 });
             }
             Action::LocalFlush { op } => {
-                self.local_inflight += 1;
                 let (b, tx) = (self.backing.clone(), self.tx.clone());
                 tokio::spawn(async move {
                     let outcome = b.flush().await;
@@ -599,8 +592,8 @@ impl ResourceTask {
             }
             Action::Send(frame) => {
                 if let Some(s) = session {
-                    let light = pending.len() + self.local_inflight <= LIGHT_LOAD;
-                    s.writer.send(encode_parts(&frame), light);
+                    s.writer
+                        .send(encode_parts(&frame), self.light_load(pending));
                 }
             }
             Action::CloseSession {

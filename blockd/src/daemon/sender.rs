@@ -289,34 +289,8 @@ impl Sender {
     /// Prepares the socket `fd` for zero-copy sends if `wanted` and the kernel
     /// allows them.
     fn new(fd: RawFd, wanted: bool) -> Sender {
-        if !wanted {
-            return Sender {
-                zerocopy: false,
-                next_call: 0,
-                held: VecDeque::new(),
-                held_bytes: 0,
-            };
-        }
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt reads `one` (a live c_int of the given size) and nothing
-        // else; `fd` is an open socket for the whole call.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                SO_ZEROCOPY,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            debug!(
-                "SO_ZEROCOPY refused ({}); replication copies",
-                io::Error::last_os_error()
-            );
-        }
         Sender {
-            zerocopy: rc == 0,
+            zerocopy: wanted && enable_zerocopy(fd),
             next_call: 0,
             held: VecDeque::new(),
             held_bytes: 0,
@@ -427,6 +401,29 @@ fn wait(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Turns `SO_ZEROCOPY` on; false (logged) where the socket refuses it.
+fn enable_zerocopy(fd: RawFd) -> bool {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads `one` (a live c_int of the given size) and nothing
+    // else; `fd` is an open socket for the whole call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_ZEROCOPY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        debug!(
+            "SO_ZEROCOPY refused ({}); replication copies",
+            io::Error::last_os_error()
+        );
+    }
+    rc == 0
 }
 
 /// One `sendmsg` of as much of `out` as the socket takes.

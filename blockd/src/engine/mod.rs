@@ -533,6 +533,11 @@ impl Engine {
         std::mem::take(&mut self.actions)
     }
 
+    /// Operations on the backing device asked for and not yet done (`LocalDone`).
+    pub fn local_ops_in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
     /// The bitmap, for the daemon to persist its dirty pages.
     pub fn bitmap_mut(&mut self) -> &mut Bitmap {
         &mut self.bitmap

@@ -315,47 +315,42 @@ impl Cluster {
     fn run_for(&mut self, ms: u64) {
         let end = self.now + ms;
         while self.now < end {
-            self.try_connect();
-            let mut moved = false;
-            moved |= self.complete_io('a');
-            moved |= self.complete_io('b');
-            moved |= self.deliver('a');
-            moved |= self.deliver('b');
-            if !moved {
-                self.now += 100;
-                let t = self.t();
-                self.a.engine.handle(t, Input::Tick);
-                self.collect('a');
-                self.b.engine.handle(t, Input::Tick);
-                self.collect('b');
-            }
+            self.step();
         }
+    }
+
+    /// One step: connect, complete I/O and deliver frames; if none of it moved
+    /// anything, 100 ms pass (a tick on both nodes). Returns whether anything moved.
+    fn step(&mut self) -> bool {
+        self.try_connect();
+        let mut moved = false;
+        moved |= self.complete_io('a');
+        moved |= self.complete_io('b');
+        moved |= self.deliver('a');
+        moved |= self.deliver('b');
+        if !moved {
+            self.now += 100;
+            let t = self.t();
+            self.a.engine.handle(t, Input::Tick);
+            self.collect('a');
+            self.b.engine.handle(t, Input::Tick);
+            self.collect('b');
+        }
+        moved
     }
 
     /// Runs until nothing moves (ticks advance time to drive resync pacing).
     fn settle(&mut self) {
         for _ in 0..100_000 {
-            self.try_connect();
-            let mut moved = false;
-            moved |= self.complete_io('a');
-            moved |= self.complete_io('b');
-            moved |= self.deliver('a');
-            moved |= self.deliver('b');
-            if !moved {
-                self.now += 100;
-                let t = self.t();
-                self.a.engine.handle(t, Input::Tick);
-                self.collect('a');
-                self.b.engine.handle(t, Input::Tick);
-                self.collect('b');
-                if self.a.pending_io.is_empty()
-                    && self.b.pending_io.is_empty()
-                    && self.ab.is_empty()
-                    && self.ba.is_empty()
-                    && self.quiet()
-                {
-                    return;
-                }
+            let moved = self.step();
+            if !moved
+                && self.a.pending_io.is_empty()
+                && self.b.pending_io.is_empty()
+                && self.ab.is_empty()
+                && self.ba.is_empty()
+                && self.quiet()
+            {
+                return;
             }
         }
         panic!("cluster did not settle");
