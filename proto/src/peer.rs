@@ -630,6 +630,68 @@ pub fn decode_from(buf: &mut BytesMut) -> Result<Option<Decoded>, FrameError> {
     decode_checked(&header, &payload).map(Some)
 }
 
+/// Where the data block lies in a frame that carries one (`Data`, `RsData`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockLayout {
+    /// Bytes before the block: the header and the message's fixed fields.
+    pub head_len: usize,
+    /// Bytes of the block (the rest of the frame).
+    pub block_len: usize,
+}
+
+/// The layout of the frame at the start of `buf` if it carries a data block.
+///
+/// `Ok(None)`: the header is not complete yet, or the frame carries no block (or is too
+/// short to, which [`decode`] reports once it is complete). A stream reader uses it to
+/// receive a large block straight into memory of its choosing (page-aligned, for
+/// O_DIRECT) and then decodes the frame with [`decode_parts`].
+pub fn block_layout(buf: &[u8]) -> Result<Option<BlockLayout>, FrameError> {
+    Ok(parse_header(buf)?.as_ref().and_then(layout_of))
+}
+
+/// Where the block of the frame `header` starts, if its kind carries one.
+fn layout_of(header: &Header) -> Option<BlockLayout> {
+    let head_len = HEADER_LEN + block_prefix_len(header.kind)?;
+    (header.total >= head_len).then(|| BlockLayout {
+        head_len,
+        block_len: header.total - head_len,
+    })
+}
+
+/// Decodes a frame received in two parts: `head` (exactly [`BlockLayout::head_len`]
+/// bytes) and its data block. The same results as [`decode`] on the whole frame; the
+/// block becomes the message's payload as it is.
+pub fn decode_parts(head: &[u8], block: Bytes) -> Result<Decoded, FrameError> {
+    let header = parse_header(head)?;
+    let layout = header.as_ref().and_then(layout_of);
+    let (Some(header), Some(layout)) = (header, layout) else {
+        return Err(FrameError::Malformed {
+            kind: "frame",
+            reason: "no complete header of a data frame",
+        });
+    };
+    if head.len() != layout.head_len || block.len() != layout.block_len {
+        return Err(FrameError::Malformed {
+            kind: kind_name(header.kind),
+            reason: "the parts do not add up to the frame",
+        });
+    }
+    let (kind, id) = (header.kind, header.id);
+    let mut hash = xxhash_rust::xxh64::Xxh64::new(0);
+    hash.update(&head[HEADER_LEN..]);
+    hash.update(&block);
+    if hash.digest() != header.payload_hash {
+        return Ok(Decoded::Corrupt { kind, id });
+    }
+    let msg = decode_block_message(kind, &head[HEADER_LEN..], block).map_err(|reason| {
+        FrameError::Malformed {
+            kind: kind_name(kind),
+            reason,
+        }
+    })?;
+    Ok(Decoded::Frame(Frame { id, msg }))
+}
+
 /// A cursor over a payload; every read checks the remaining length.
 struct Cursor<'a> {
     b: &'a [u8],
@@ -694,12 +756,6 @@ impl<'a> Cursor<'a> {
         }
         Ok(n)
     }
-    /// The rest of the payload, as a slice of `whole` (the buffer `b` points into).
-    fn rest(&mut self, whole: &Bytes) -> Bytes {
-        let r = whole.slice(whole.len() - self.b.len()..);
-        self.b = &[];
-        r
-    }
     fn end(&self) -> Field<()> {
         if self.b.is_empty() {
             Ok(())
@@ -747,11 +803,13 @@ fn decode_payload(kind: u8, payload: &Bytes) -> Field<Message> {
                 last,
             }
         }
-        16 => Message::Data {
-            offset: c.u64()?,
-            fua: c.bool()?,
-            payload: c.rest(payload),
-        },
+        16 | 48 => {
+            let fixed = block_prefix_len(kind).unwrap_or(0);
+            if payload.len() < fixed {
+                return Err("truncated");
+            }
+            return decode_block_message(kind, &payload[..fixed], payload.slice(fixed..));
+        }
         17 => Message::DataAck,
         18 => Message::DataNack,
         19 => Message::Trim {
@@ -763,10 +821,6 @@ fn decode_payload(kind: u8, payload: &Bytes) -> Field<Message> {
         21 => Message::FlushAck,
         32 => Message::Ping,
         33 => Message::PingAck,
-        48 => Message::RsData {
-            offset: c.u64()?,
-            payload: c.rest(payload),
-        },
         49 => Message::RsAck,
         50 => Message::RsNack,
         51 => Message::ResyncDone { uuids: c.uuids()? },
@@ -792,6 +846,34 @@ fn decode_payload(kind: u8, payload: &Bytes) -> Field<Message> {
             out_of_sync_bytes: c.u64()?,
         },
         _ => return Err("unknown kind"),
+    };
+    c.end()?;
+    Ok(msg)
+}
+
+/// Length of the fixed fields before the data block, for the kinds that carry one.
+fn block_prefix_len(kind: u8) -> Option<usize> {
+    match kind {
+        16 => Some(9),
+        48 => Some(8),
+        _ => None,
+    }
+}
+
+/// Builds a data-carrying message from its fixed fields and its block.
+fn decode_block_message(kind: u8, fixed: &[u8], block: Bytes) -> Field<Message> {
+    let mut c = Cursor { b: fixed };
+    let msg = match kind {
+        16 => Message::Data {
+            offset: c.u64()?,
+            fua: c.bool()?,
+            payload: block,
+        },
+        48 => Message::RsData {
+            offset: c.u64()?,
+            payload: block,
+        },
+        _ => return Err("not a data message"),
     };
     c.end()?;
     Ok(msg)

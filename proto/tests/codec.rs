@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use hablock_proto::control::{self, ControlError, Request, Response};
 use hablock_proto::peer::{
-    auth_mac, decode, decode_from, encode, encode_parts, kind_of, negotiate, verify_auth_mac,
+    auth_mac, block_layout, decode, decode_from, decode_parts, encode, encode_parts, kind_of, negotiate, verify_auth_mac,
     Decoded, Frame, FrameError, Hello, Message, NodeState, HEADER_LEN, MAX_PAYLOAD,
 };
 use hablock_proto::types::{DiskState, Role, Uuids};
@@ -235,6 +235,40 @@ fn header_errors() {
 }
 
 #[test]
+fn split_decoding_refuses_parts_that_are_not_the_frame() {
+    let data = enc(&Frame {
+        id: 3,
+        msg: Message::Data {
+            offset: 4096,
+            fua: false,
+            payload: Bytes::from(vec![9u8; 8192]),
+        },
+    });
+    let l = block_layout(&data).unwrap().unwrap();
+    assert_eq!((l.head_len, l.block_len), (HEADER_LEN + 9, 8192));
+    let block = Bytes::copy_from_slice(&data[l.head_len..]);
+    // A block one byte short, a head one byte long, a head cut inside the header.
+    for (head, block) in [
+        (&data[..l.head_len], block.slice(1..)),
+        (&data[..=l.head_len], block.slice(1..)),
+        (&data[..HEADER_LEN - 1], block.clone()),
+    ] {
+        assert!(
+            matches!(decode_parts(head, block), Err(FrameError::Malformed { .. })),
+            "head of {} bytes",
+            head.len()
+        );
+    }
+    // A frame without a block has no layout and cannot be decoded in parts.
+    let ping = enc(&Frame {
+        id: 1,
+        msg: Message::Ping,
+    });
+    assert_eq!(block_layout(&ping), Ok(None));
+    assert!(decode_parts(&ping, Bytes::new()).is_err());
+}
+
+#[test]
 fn authentication() {
     let c = [5u8; 32];
     let mac = auth_mac(b"secret", &c, "r0", "slave");
@@ -431,6 +465,37 @@ proptest! {
     }
 
     #[test]
+    fn a_frame_split_at_its_block_decodes_as_the_whole(id in any::<u64>(), msg in arb_msg(), flip in any::<Option<(prop::sample::Index, u8)>>()) {
+        let mut wire = enc(&Frame { id, msg });
+        if let Some((pos, bit)) = flip.filter(|_| wire.len() > HEADER_LEN) {
+            let i = pos.index(wire.len() - HEADER_LEN) + HEADER_LEN;
+            wire[i] ^= 1 << (bit % 8);
+        }
+        let whole = decode(&wire).unwrap().unwrap().0;
+        // Every prefix at least a header long gives the same layout (or none).
+        let layout = block_layout(&wire).unwrap();
+        for n in HEADER_LEN..wire.len() {
+            prop_assert_eq!(block_layout(&wire[..n]).unwrap(), layout);
+        }
+        match layout {
+            Some(l) => {
+                prop_assert_eq!(l.head_len + l.block_len, wire.len());
+                let block = Bytes::copy_from_slice(&wire[l.head_len..]);
+                let ptr = block.as_ptr();
+                let split = decode_parts(&wire[..l.head_len], block).unwrap();
+                if let Decoded::Frame(Frame { msg: Message::Data { payload, .. } | Message::RsData { payload, .. }, .. }) = &split {
+                    prop_assert_eq!(payload.as_ptr(), ptr);
+                }
+                prop_assert_eq!(split, whole);
+            }
+            None => {
+                let carries_block = matches!(&whole, Decoded::Frame(Frame { msg: Message::Data { .. } | Message::RsData { .. }, .. }));
+                prop_assert!(!carries_block, "a data frame without a layout");
+            }
+        }
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..2000)) {
         let _ = decode(&b);
         let _ = control::decode_request(&b);
@@ -438,6 +503,9 @@ proptest! {
         let mut with_magic = b"HBLP".to_vec();
         with_magic.extend_from_slice(&b);
         let _ = decode(&with_magic);
+        let _ = block_layout(&b);
+        let at = b.len() / 2;
+        let _ = decode_parts(&b[..at], Bytes::copy_from_slice(&b[at..]));
         let mut c = b"HBC1\x01\x00\x00\x00".to_vec();
         c.extend_from_slice(&b);
         let _ = control::decode_request(&c);

@@ -9,7 +9,8 @@
 use super::resource::ResourceMsg;
 use crate::engine::Input;
 use anyhow::{anyhow, bail, Context};
-use bytes::BytesMut;
+use crate::aligned::ALIGN;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hablock_proto::peer::{self, Decoded, Frame, Hello, Message};
 use rand::RngCore;
 use std::net::SocketAddr;
@@ -308,26 +309,13 @@ pub async fn read_session(
 ) {
     let mut buf = BytesMut::from(&leftover[..]);
     let reason = loop {
-        match peer::decode_from(&mut buf) {
-            Ok(Some(decoded)) => {
-                let input = match decoded {
-                    Decoded::Frame(frame) => Input::PeerFrame { session, frame },
-                    Decoded::Corrupt { kind, id } => Input::PeerCorrupt { session, kind, id },
-                };
-                if to_resource.send(ResourceMsg::Engine(input)).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            Ok(None) => {}
-            Err(e) => break format!("protocol error: {e}"),
-        }
-        // Room for a whole large frame, so a data block arrives in few reads.
-        buf.reserve(READ_CHUNK);
-        match rd.read_buf(&mut buf).await {
-            Ok(0) => break "peer closed the connection".to_string(),
-            Ok(_) => {}
-            Err(e) => break format!("read error: {e}"),
+        let input = match next_frame(&mut rd, &mut buf).await {
+            Ok(Decoded::Frame(frame)) => Input::PeerFrame { session, frame },
+            Ok(Decoded::Corrupt { kind, id }) => Input::PeerCorrupt { session, kind, id },
+            Err(reason) => break reason,
+        };
+        if to_resource.send(ResourceMsg::Engine(input)).await.is_err() {
+            return;
         }
     };
     let _ = to_resource
@@ -337,3 +325,141 @@ pub async fn read_session(
 
 /// The read buffer's free space before each read.
 const READ_CHUNK: usize = 1 << 20;
+
+/// Data blocks at least this large that have not fully arrived are received into
+/// page-aligned memory of their own, which the O_DIRECT write then uses as it is
+/// (smaller ones are copied into aligned memory by the write).
+const ALIGNED_BLOCK_MIN: usize = 64 * 1024;
+
+/// Reads the next frame from the stream (`buf` holds what was read past the last
+/// one); the reason the stream cannot go on otherwise.
+async fn next_frame(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<Decoded, String> {
+    let protocol = |e: peer::FrameError| format!("protocol error: {e}");
+    loop {
+        if let Some(decoded) = peer::decode_from(buf).map_err(protocol)? {
+            return Ok(decoded);
+        }
+        if let Some(layout) = peer::block_layout(buf).map_err(protocol)? {
+            if layout.block_len >= ALIGNED_BLOCK_MIN && buf.len() >= layout.head_len {
+                let head = buf.split_to(layout.head_len);
+                let block = read_aligned_block(rd, buf, layout.block_len).await?;
+                return peer::decode_parts(&head, block).map_err(protocol);
+            }
+        }
+        // Room for a whole large frame, so a data block arrives in few reads.
+        buf.reserve(READ_CHUNK);
+        read_some(rd, buf).await?;
+    }
+}
+
+/// Receives a `len`-byte block into page-aligned memory, starting with the part of it
+/// `buf` already holds.
+async fn read_aligned_block(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    len: usize,
+) -> Result<Bytes, String> {
+    let mut block = BytesMut::with_capacity(len + ALIGN);
+    let pad = block.as_ptr().align_offset(ALIGN);
+    block.put_bytes(0, pad);
+    block.advance(pad);
+    let have = buf.len().min(len);
+    block.extend_from_slice(&buf[..have]);
+    buf.advance(have);
+    // The capacity covers the block, so the memory never moves.
+    while block.len() < len {
+        let want = len - block.len();
+        read_some(rd, &mut (&mut block).limit(want)).await?;
+    }
+    Ok(block.freeze())
+}
+
+/// One read into `buf`; the reason the stream ended if it did.
+async fn read_some<B: BufMut>(rd: &mut OwnedReadHalf, buf: &mut B) -> Result<(), String> {
+    match rd.read_buf(buf).await {
+        Ok(0) => Err("peer closed the connection".to_string()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("read error: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::aligned::is_aligned;
+
+    fn data(offset: u64, len: usize, fill: u8) -> Frame {
+        Frame {
+            id: offset,
+            msg: Message::Data {
+                offset,
+                fua: false,
+                payload: Bytes::from(vec![fill; len]),
+            },
+        }
+    }
+
+    async fn next_input(rx: &mut mpsc::Receiver<ResourceMsg>) -> Input {
+        match rx.recv().await {
+            Some(ResourceMsg::Engine(input)) => input,
+            _ => panic!("the reader sent something else"),
+        }
+    }
+
+    /// A large block that arrives in pieces lands in page-aligned memory (so the
+    /// O_DIRECT write takes it as it is); the frames around it and a corrupt one decode
+    /// as they would in one piece.
+    #[tokio::test]
+    async fn large_blocks_are_received_into_aligned_memory() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (rd, _wr) = server.into_split();
+        let (tx, mut rx) = mpsc::channel(8);
+        let reader = tokio::spawn(read_session(rd, Vec::new(), 7, tx));
+
+        let big = data(1 << 20, 256 * 1024, 0xa5);
+        let mut corrupt = Vec::new();
+        peer::encode(&data(2 << 20, 128 * 1024, 0x11), &mut corrupt);
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0xff;
+        let mut wire = Vec::new();
+        peer::encode(&data(0, 4096, 1), &mut wire);
+        peer::encode(&big, &mut wire);
+        wire.extend_from_slice(&corrupt);
+        peer::encode(&data(4096, 4096, 2), &mut wire);
+        // In pieces, cut inside the large block's head and inside its block.
+        for piece in [&wire[..4096 + 32 + 9 + 20], &wire[4096 + 61..100_000], &wire[100_000..]] {
+            client.write_all(piece).await.unwrap();
+            client.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(client);
+
+        let mut frames = Vec::new();
+        loop {
+            match next_input(&mut rx).await {
+                Input::PeerFrame { session: 7, frame } => frames.push(frame),
+                Input::PeerCorrupt { session: 7, id, .. } => assert_eq!(id, 2 << 20),
+                Input::PeerLost { session: 7, reason } => {
+                    assert_eq!(reason, "peer closed the connection");
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[1], big);
+        let Message::Data { payload, .. } = &frames[1].msg else {
+            panic!("not data");
+        };
+        assert!(is_aligned(payload), "the large block is not page-aligned");
+        assert_eq!(frames[0], data(0, 4096, 1));
+        assert_eq!(frames[2], data(4096, 4096, 2));
+        reader.await.unwrap();
+    }
+}
