@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 /// Largest request the device accepts (its `max_sectors`), and each tag's buffer size.
-pub const IO_BUF_BYTES: u32 = 512 * 1024;
+pub const IO_BUF_BYTES: u32 = 1024 * 1024;
 
 /// The block device node of ublk device `id`.
 pub fn block_device(id: u32) -> PathBuf {
