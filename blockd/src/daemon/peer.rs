@@ -7,9 +7,9 @@
 //! the port is refused here with a log line and never disturbs a running session.
 
 use super::resource::ResourceMsg;
+use crate::aligned::ALIGN;
 use crate::engine::Input;
 use anyhow::{anyhow, bail, Context};
-use crate::aligned::ALIGN;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hablock_proto::peer::{self, Decoded, Frame, Hello, Message};
 use rand::RngCore;
@@ -300,7 +300,8 @@ async fn handshake(stream: &mut TcpStream, cfg: &LinkConfig) -> anyhow::Result<(
 }
 
 /// Runs the reader half: frames become engine inputs until the stream ends. Data
-/// blocks stay in the buffer they were read into (no copy on the way to the disk).
+/// blocks stay in the memory they were read into (no copy on the way to the disk):
+/// large ones in page-aligned memory of their own, ready for O_DIRECT.
 pub async fn read_session(
     mut rd: OwnedReadHalf,
     leftover: Vec<u8>,
@@ -433,7 +434,11 @@ mod tests {
         wire.extend_from_slice(&corrupt);
         peer::encode(&data(4096, 4096, 2), &mut wire);
         // In pieces, cut inside the large block's head and inside its block.
-        for piece in [&wire[..4096 + 32 + 9 + 20], &wire[4096 + 61..100_000], &wire[100_000..]] {
+        for piece in [
+            &wire[..4096 + 32 + 9 + 20],
+            &wire[4096 + 61..100_000],
+            &wire[100_000..],
+        ] {
             client.write_all(piece).await.unwrap();
             client.flush().await.unwrap();
             tokio::time::sleep(Duration::from_millis(20)).await;
