@@ -588,11 +588,22 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
 
 /// Checks a complete frame's payload and decodes it.
 fn decode_checked(header: &Header, payload: &Bytes) -> Result<Decoded, FrameError> {
+    let hash = xxhash_rust::xxh64::xxh64(payload, 0);
+    finish_decode(header, hash, || decode_payload(header.kind, payload))
+}
+
+/// The frame `header` announces, given the XXH64 of its payload as received and how
+/// to decode the payload: [`Decoded::Corrupt`] if the checksums differ.
+fn finish_decode(
+    header: &Header,
+    payload_hash: u64,
+    decode: impl FnOnce() -> Field<Message>,
+) -> Result<Decoded, FrameError> {
     let (kind, id) = (header.kind, header.id);
-    if xxhash_rust::xxh64::xxh64(payload, 0) != header.payload_hash {
+    if payload_hash != header.payload_hash {
         return Ok(Decoded::Corrupt { kind, id });
     }
-    let msg = decode_payload(kind, payload).map_err(|reason| FrameError::Malformed {
+    let msg = decode().map_err(|reason| FrameError::Malformed {
         kind: kind_name(kind),
         reason,
     })?;
@@ -676,20 +687,12 @@ pub fn decode_parts(head: &[u8], block: Bytes) -> Result<Decoded, FrameError> {
             reason: "the parts do not add up to the frame",
         });
     }
-    let (kind, id) = (header.kind, header.id);
     let mut hash = xxhash_rust::xxh64::Xxh64::new(0);
     hash.update(&head[HEADER_LEN..]);
     hash.update(&block);
-    if hash.digest() != header.payload_hash {
-        return Ok(Decoded::Corrupt { kind, id });
-    }
-    let msg = decode_block_message(kind, &head[HEADER_LEN..], block).map_err(|reason| {
-        FrameError::Malformed {
-            kind: kind_name(kind),
-            reason,
-        }
-    })?;
-    Ok(Decoded::Frame(Frame { id, msg }))
+    finish_decode(&header, hash.digest(), || {
+        decode_block_message(header.kind, &head[HEADER_LEN..], block)
+    })
 }
 
 /// A cursor over a payload; every read checks the remaining length.
@@ -766,6 +769,12 @@ impl<'a> Cursor<'a> {
 }
 
 fn decode_payload(kind: u8, payload: &Bytes) -> Field<Message> {
+    if let Some(fixed) = block_prefix_len(kind) {
+        if payload.len() < fixed {
+            return Err("truncated");
+        }
+        return decode_block_message(kind, &payload[..fixed], payload.slice(fixed..));
+    }
     let mut c = Cursor { b: payload };
     let msg = match kind {
         1 => Message::Hello(Hello {
@@ -802,13 +811,6 @@ fn decode_payload(kind: u8, payload: &Bytes) -> Field<Message> {
                 words,
                 last,
             }
-        }
-        16 | 48 => {
-            let fixed = block_prefix_len(kind).unwrap_or(0);
-            if payload.len() < fixed {
-                return Err("truncated");
-            }
-            return decode_block_message(kind, &payload[..fixed], payload.slice(fixed..));
         }
         17 => Message::DataAck,
         18 => Message::DataNack,

@@ -66,6 +66,17 @@ fn primary_refused_while_peer_is_primary_and_secondary_refused_while_in_use() {
     p.blockctl_ok(MASTER, &["secondary", "r0"]).unwrap();
 }
 
+/// The number that follows `marker` in a line of fio's output, up to a comma.
+fn offset_after(line: &str, marker: &str) -> Option<u64> {
+    line.split(marker)
+        .nth(1)?
+        .split(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn fio_job(uri: &str, size: &str, extra: &[&str]) -> Command {
     require_tool("fio");
     let mut c = Command::new("fio");
@@ -225,27 +236,12 @@ fn primary_killed_mid_fio_peer_has_every_acknowledged_write() {
     let failed: Vec<u64> = text
         .lines()
         .filter(|l| l.contains("io_u error"))
-        .filter_map(|l| {
-            l.split("write offset=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()
-        })
+        .filter_map(|l| offset_after(l, "write offset="))
         .collect();
     let bad: Vec<u64> = v
         .lines()
         .filter(|l| l.starts_with("verify: bad"))
-        .filter_map(|l| {
-            l.split("offset ")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .trim()
-                .parse()
-                .ok()
-        })
+        .filter_map(|l| offset_after(l, "offset "))
         .filter(|offset| !failed.contains(offset))
         .collect();
     let reset = text.contains("nbd_poll");
