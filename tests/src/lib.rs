@@ -98,6 +98,8 @@ pub struct PairOptions {
     pub extra: String,
     /// The slave's backing size, when it differs from `size_bytes`.
     pub slave_size_bytes: Option<u64>,
+    /// Metadata in a file of its own (`<node>.md`) instead of at the backing's end.
+    pub external_metadata: bool,
 }
 
 impl Default for PairOptions {
@@ -109,6 +111,7 @@ impl Default for PairOptions {
             resync_rate: "1GiB".into(),
             extra: String::new(),
             slave_size_bytes: None,
+            external_metadata: false,
         }
     }
 }
@@ -189,7 +192,7 @@ auto_failback = true
 [resources.r0]
 port = {port}
 backing = "{d}/{{node}}.img"
-metadata = "internal"
+metadata = "{md}"
 protocol = "C"
 nbd_socket = "{d}/run-{{node}}/r0.nbd"
 resync_rate = "{rate}"
@@ -205,6 +208,11 @@ peer_timeout = "5s"
             p0 = opts.after_sb_0pri,
             p1 = opts.after_sb_1pri,
             extra = opts.extra,
+            md = if opts.external_metadata {
+                format!("{d}/{{node}}.md")
+            } else {
+                "internal".to_string()
+            },
         );
         fs::write(&config, text)?;
         Ok(Pair {

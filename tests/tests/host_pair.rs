@@ -615,6 +615,59 @@ fn sigterm_is_a_clean_stop_and_restart_needs_no_resync() {
     assert!(start.elapsed() < Duration::from_secs(10));
 }
 
+/// External metadata (`metadata = "<path>"`): the whole backing file is the device, a
+/// resync after the Secondary's absence copies what was written, and its end is on
+/// disk: a crash of the Secondary right after needs no resync on restart.
+#[test]
+fn external_metadata_resyncs_and_keeps_the_result_across_a_crash() {
+    let size = 16 << 20;
+    let mut p = Pair::synced(PairOptions {
+        size_bytes: size,
+        external_metadata: true,
+        ..Default::default()
+    })
+    .unwrap();
+    for n in [MASTER, SLAVE] {
+        assert!(p.dir.path().join(format!("{n}.md")).exists());
+        assert_eq!(
+            p.status(n).unwrap()["size_bytes"],
+            size,
+            "all of the backing"
+        );
+    }
+    p.stop(SLAVE).unwrap();
+    qemu_io(&p.nbd_uri(MASTER), &["write -P 5 1M 2M"]).unwrap();
+    p.start(SLAVE).unwrap();
+    let s = p
+        .wait_for(SLAVE, "resync", |s| {
+            s["connection"] == "Connected" && s["disk"] == "UpToDate"
+        })
+        .unwrap();
+    let resynced = s["resynced_bytes"].as_u64().unwrap();
+    assert!(
+        (2 << 20..=4 << 20).contains(&resynced),
+        "about what was written: {resynced}"
+    );
+    p.wait_for(MASTER, "peer up to date", |s| {
+        s["peer_disk"] == "UpToDate" && s["out_of_sync_bytes"] == 0
+    })
+    .unwrap();
+
+    p.kill9(SLAVE);
+    p.start(SLAVE).unwrap();
+    let s = p
+        .wait_for(SLAVE, "reconnected", |s| {
+            s["connection"] == "Connected" && s["disk"] == "UpToDate"
+        })
+        .unwrap();
+    assert_eq!(s["resynced_bytes"], 0, "the resync's end was on disk");
+    p.blockctl_ok(MASTER, &["verify", "--wait", "r0"]).unwrap();
+    assert_eq!(
+        p.status(MASTER).unwrap()["last_verify"]["out_of_sync_bytes"],
+        0
+    );
+}
+
 /// nbdinfo, nbdcopy, qemu-img and fio's nbd engine all work against the export.
 #[test]
 fn standard_nbd_clients_work_against_the_export() {

@@ -18,6 +18,9 @@ pub struct Bitmap {
     count: u64,
     /// One flag per 4 KiB page: changed since the last persist.
     dirty: Vec<bool>,
+    /// A bit was cleared since the last persist: the dirty pages say some blocks are in
+    /// sync, which is only true once the data written to them is durable.
+    cleared: bool,
 }
 
 /// The mask of bits `[lo, hi)` within one word (`lo < hi <= 64`).
@@ -40,6 +43,7 @@ impl Bitmap {
             words: vec![0; usize::try_from(nwords).unwrap_or(usize::MAX)],
             count: 0,
             dirty: vec![false; usize::try_from(npages).unwrap_or(usize::MAX)],
+            cleared: false,
         }
     }
 
@@ -173,6 +177,14 @@ impl Bitmap {
     /// Forgets which pages changed (after they were persisted).
     pub fn clear_dirty(&mut self) {
         self.dirty.iter_mut().for_each(|d| *d = false);
+        self.cleared = false;
+    }
+
+    /// True when a bit was cleared since the last [`Bitmap::clear_dirty`]: persisting
+    /// the dirty pages then records blocks as in sync, so the data device must be
+    /// flushed first.
+    pub fn has_cleared_bits(&self) -> bool {
+        self.cleared
     }
 
     /// Marks every page dirty, so the next persist writes the whole bitmap.
@@ -228,6 +240,7 @@ impl Bitmap {
                 self.words[w as usize] = new;
                 self.count -= u64::from(old.count_ones() - new.count_ones());
                 self.dirty[(w / WORDS_PER_PAGE) as usize] = true;
+                self.cleared = true;
             }
         }
     }

@@ -33,6 +33,9 @@ pub struct MdStore {
     al_seq: u64,
     /// Slot holding the current AL; the next write goes to the other one.
     al_slot: u64,
+    /// The data device when it is not the one holding the area (external metadata):
+    /// flushed before bitmap pages that record blocks as in sync are written.
+    data: Option<(Box<dyn MdIo>, PathBuf)>,
 }
 
 impl std::fmt::Debug for MdStore {
@@ -106,9 +109,22 @@ impl MdStore {
             MdLocation::External(md) => {
                 let backing_size = device_size(backing)?;
                 let f = open_rw(md)?;
-                MdStore::open_io(Box::new(f), md, AreaKind::External { backing_size })
+                // Only ever flushed (`fdatasync` needs no write access).
+                let data = File::open(backing).map_err(|e| MdError::io(backing, "open", e))?;
+                Ok(
+                    MdStore::open_io(Box::new(f), md, AreaKind::External { backing_size })?
+                        .with_data_device(Box::new(data), backing),
+                )
             }
         }
+    }
+
+    /// Names the data device of an external area (`path` is for messages): bitmap
+    /// writes that record blocks as in sync flush it first. Without it, the device
+    /// holding the area is the one flushed (right for internal metadata).
+    pub fn with_data_device(mut self, io: Box<dyn MdIo>, path: &Path) -> MdStore {
+        self.data = Some((io, path.to_path_buf()));
+        self
     }
 
     /// Opens the area on an already open device (`path` is for messages). This is the
@@ -167,6 +183,7 @@ impl MdStore {
             al,
             al_seq,
             al_slot,
+            data: None,
         })
     }
 
@@ -245,6 +262,11 @@ impl MdStore {
 
     /// Writes the bitmap's dirty pages, `fdatasync`s, then marks them clean. Returns
     /// how many pages were written (0 = nothing to do, no sync).
+    ///
+    /// When bits were cleared since the last write, the data device is flushed before
+    /// any page is written: a cleared bit says "this block is in sync", which must not
+    /// reach the disk while the data that made it so may still sit in a volatile cache
+    /// (a crash would leave a stale block that no resync ever revisits).
     pub fn write_bitmap(&mut self, bm: &mut Bitmap) -> Result<usize, MdError> {
         if bm.len() != self.layout.bits() {
             return Err(MdError::Invalid(format!(
@@ -256,6 +278,9 @@ impl MdStore {
         let pages = bm.dirty_pages();
         if pages.is_empty() {
             return Ok(0);
+        }
+        if bm.has_cleared_bits() {
+            self.flush_data()?;
         }
         let mut page = [0u8; BLOCK_BYTES as usize];
         for &p in &pages {
@@ -273,6 +298,18 @@ impl MdStore {
             .map_err(|e| MdError::io(&self.path, "fdatasync after bitmap write", e))?;
         bm.clear_dirty();
         Ok(pages.len())
+    }
+
+    /// Makes every completed write to the data device durable.
+    fn flush_data(&self) -> Result<(), MdError> {
+        let what = "flush the data device before recording blocks as in sync";
+        match &self.data {
+            Some((io, path)) => io.sync_data().map_err(|e| MdError::io(path, what, e)),
+            None => self
+                .io
+                .sync_data()
+                .map_err(|e| MdError::io(&self.path, what, e)),
+        }
     }
 
     /// Writes every page of the bitmap (e.g. after `set_all`), then `fdatasync`s.
@@ -327,6 +364,26 @@ mod tests {
         fail_sync: Arc<AtomicBool>,
         fail_write: Arc<AtomicBool>,
         writes: Arc<AtomicUsize>,
+        /// Which device this is in `log`.
+        name: &'static str,
+        /// Every write and sync, in order, across the devices sharing it.
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl FaultyIo {
+        /// An in-memory copy of `path`, logging as `name` into `log`.
+        fn of(path: &Path, name: &'static str, log: &Arc<Mutex<Vec<String>>>) -> FaultyIo {
+            FaultyIo {
+                data: Arc::new(Mutex::new(std::fs::read(path).unwrap())),
+                name,
+                log: log.clone(),
+                ..FaultyIo::default()
+            }
+        }
+
+        fn take_log(&self) -> Vec<String> {
+            std::mem::take(&mut *self.log.lock().unwrap())
+        }
     }
 
     impl MdIo for FaultyIo {
@@ -343,6 +400,10 @@ mod tests {
                 return Err(io::Error::from_raw_os_error(libc::ENOSPC));
             }
             self.writes.fetch_add(1, Ordering::SeqCst);
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{} write", self.name));
             let mut d = self.data.lock().unwrap();
             d[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
             Ok(())
@@ -351,6 +412,7 @@ mod tests {
             if self.fail_sync.load(Ordering::SeqCst) {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
+            self.log.lock().unwrap().push(format!("{} sync", self.name));
             Ok(())
         }
         fn size(&mut self) -> io::Result<u64> {
@@ -429,5 +491,60 @@ mod tests {
         io.fail_sync.store(false, Ordering::SeqCst);
         store.write_al(&[1, 2]).unwrap();
         assert_eq!(reopen(&io).al_extents(), &[1, 2]);
+    }
+
+    #[test]
+    fn cleared_bits_are_written_only_after_the_data_is_flushed() {
+        let (mut store, io) = faulty_store();
+        let mut bm = store.load_bitmap().unwrap();
+        bm.clear_all();
+        store.write_bitmap(&mut bm).unwrap();
+        io.take_log();
+
+        // Bits set: out of sync, safe to record at once (no flush first).
+        bm.set(5);
+        store.write_bitmap(&mut bm).unwrap();
+        assert_eq!(io.take_log(), [" write", " sync"]);
+
+        // A bit cleared: the device (here also the data device) is flushed first.
+        bm.clear_all();
+        store.write_bitmap(&mut bm).unwrap();
+        assert_eq!(io.take_log(), [" sync", " write", " sync"]);
+        assert!(!bm.has_cleared_bits());
+    }
+
+    #[test]
+    fn external_metadata_flushes_the_data_device_before_cleared_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backing, md) = (dir.path().join("data"), dir.path().join("md"));
+        File::create(&backing).unwrap().set_len(4 << 20).unwrap();
+        create_md(&backing, &MdLocation::External(md.clone()), "r0", false).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (md_io, data_io) = (
+            FaultyIo::of(&md, "md", &log),
+            FaultyIo::of(&backing, "data", &log),
+        );
+        let kind = AreaKind::External {
+            backing_size: 4 << 20,
+        };
+        let mut store = MdStore::open_io(Box::new(md_io.clone()), &md, kind)
+            .unwrap()
+            .with_data_device(Box::new(data_io.clone()), &backing);
+        let mut bm = store.load_bitmap().unwrap();
+        assert!(bm.count() > 0, "a new area is all out of sync");
+
+        // The data device refuses the flush: nothing is written, the pages stay dirty.
+        data_io.fail_sync.store(true, Ordering::SeqCst);
+        bm.clear_all();
+        let err = store.write_bitmap(&mut bm).unwrap_err();
+        assert!(err.to_string().contains("flush the data device"), "{err}");
+        assert_eq!(md_io.writes.load(Ordering::SeqCst), 0);
+        assert!(!bm.dirty_pages().is_empty() && bm.has_cleared_bits());
+
+        data_io.fail_sync.store(false, Ordering::SeqCst);
+        store.write_bitmap(&mut bm).unwrap();
+        assert_eq!(md_io.take_log(), ["data sync", "md write", "md sync"]);
+        let reopened = MdStore::open_io(Box::new(md_io.clone()), &md, kind).unwrap();
+        assert_eq!(reopened.load_bitmap().unwrap().count(), 0);
     }
 }
