@@ -302,14 +302,17 @@ impl MdStore {
 
     /// Makes every completed write to the data device durable.
     fn flush_data(&self) -> Result<(), MdError> {
-        let what = "flush the data device before recording blocks as in sync";
-        match &self.data {
-            Some((io, path)) => io.sync_data().map_err(|e| MdError::io(path, what, e)),
-            None => self
-                .io
-                .sync_data()
-                .map_err(|e| MdError::io(&self.path, what, e)),
-        }
+        let (io, path) = match &self.data {
+            Some((io, path)) => (io, path),
+            None => (&self.io, &self.path),
+        };
+        io.sync_data().map_err(|e| {
+            MdError::io(
+                path,
+                "flush the data device before recording blocks as in sync",
+                e,
+            )
+        })
     }
 
     /// Writes every page of the bitmap (e.g. after `set_all`), then `fdatasync`s.
