@@ -2,12 +2,14 @@
 
 use bytes::Bytes;
 use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 
 /// Alignment O_DIRECT needs on every device we meet (and a page).
 pub const ALIGN: usize = 4096;
 
-/// A heap buffer aligned to [`ALIGN`], always initialised (zeroed or copied).
+/// A heap buffer aligned to [`ALIGN`], always initialised (zeroed, copied or read).
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
@@ -41,6 +43,45 @@ impl AlignedBuf {
         })
     }
 
+    /// `len` bytes (`len > 0`) read with `pread` from `fd` at `pos`, straight into a fresh
+    /// buffer (not zeroed first); a short read is an error.
+    pub fn read_at(fd: BorrowedFd<'_>, len: usize, pos: u64) -> io::Result<AlignedBuf> {
+        let layout = Layout::from_size_align(len.max(1), ALIGN)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = NonNull::new(unsafe { alloc(layout) })
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        // Owned from here, so an error frees it; its bytes are not read before they are
+        // all written.
+        let buf = AlignedBuf { ptr, len };
+        let mut done = 0;
+        while done < len {
+            let off = libc::off_t::try_from(pos + done as u64)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            // SAFETY: writes at most `len - done` bytes into the owned allocation, from
+            // `done` on.
+            let n = unsafe {
+                libc::pread(
+                    fd.as_raw_fd(),
+                    buf.ptr.as_ptr().add(done).cast(),
+                    len - done,
+                    off,
+                )
+            };
+            match n {
+                n if n > 0 => done += n as usize,
+                0 => return Err(io::Error::from_raw_os_error(libc::EIO)),
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(buf)
+    }
+
     /// Shares the buffer as `Bytes` without copying.
     pub fn into_bytes(self) -> Bytes {
         Bytes::from_owner(self)
@@ -49,7 +90,7 @@ impl AlignedBuf {
 
 impl AsRef<[u8]> for AlignedBuf {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: `ptr` points to `len` initialised (zeroed or written) bytes we own.
+        // SAFETY: `ptr` points to `len` initialised (zeroed, copied or read) bytes we own.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
@@ -64,7 +105,7 @@ impl AsMut<[u8]> for AlignedBuf {
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         if let Ok(layout) = Layout::from_size_align(self.len.max(1), ALIGN) {
-            // SAFETY: allocated in `zeroed` or `copy_of` with this very layout.
+            // SAFETY: allocated in `zeroed`, `copy_of` or `read_at` with this very layout.
             unsafe { dealloc(self.ptr.as_ptr(), layout) }
         }
     }
@@ -83,6 +124,7 @@ pub fn is_aligned(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn aligned_and_shared() {
@@ -93,5 +135,19 @@ mod tests {
         assert_eq!(&bytes[..], &[7u8; 8192][..]);
         assert!(is_direct_ready(4096, &bytes));
         assert!(!is_direct_ready(512, &bytes));
+    }
+
+    #[test]
+    fn read_at_fills_a_fresh_aligned_buffer_or_fails_whole() {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..12288u32).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        let b = AlignedBuf::read_at(f.as_fd(), 8192, 4096).unwrap();
+        assert!(is_aligned(b.as_ref()));
+        assert_eq!(b.as_ref(), &data[4096..]);
+        // Past the end: a short read is an error, not a half-filled buffer.
+        let e = AlignedBuf::read_at(f.as_fd(), 8192, 8192).err().unwrap();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
     }
 }

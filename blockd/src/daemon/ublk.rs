@@ -19,11 +19,11 @@ use crate::engine::{IoOutcome, IoRequest};
 use io_uring::{opcode, types};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::helpers::IoBuf;
-use libublk::io::{UblkDev, UblkQueue};
+use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
 use libublk::uring_async::ublk_submit_sqe_async;
 use libublk::{sys, BufDesc, UblkError, UblkFlags, UblkUringData};
 use std::future::Future;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -273,13 +273,21 @@ fn build_ctrl(spec: &UblkSpec) -> Result<UblkCtrl, UblkError> {
     } else {
         UblkFlags::UBLK_DEV_F_ADD_DEV
     };
+    let mut flags = (sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE) as u64;
+    // Kernels from 6.5 on can let blockd copy each request's data itself (one copy fewer);
+    // older ones map a buffer per tag. A recovered device keeps the flags it was added
+    // with: `serve_queue` reads them back from the device.
+    let user_copy = sys::UBLK_F_USER_COPY as u64;
+    if UblkCtrl::get_features().is_some_and(|f| f & user_copy != 0) {
+        flags |= user_copy;
+    }
     let ctrl = UblkCtrlBuilder::default()
         .name("hablock")
         .id(spec.id as i32)
         .nr_queues(spec.queues.max(1))
         .depth(spec.depth.max(1))
         .io_buf_bytes(IO_BUF_BYTES)
-        .ctrl_flags((sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE) as u64)
+        .ctrl_flags(flags)
         .dev_flags(dev_flags)
         .build()?;
     if spec.recover {
@@ -383,12 +391,16 @@ fn serve_queue(qid: u16, dev: &UblkDev, handle: ResourceHandle) {
             return;
         }
     };
+    // SAFETY: `fds[0]` is the device's open character device, which `dev` keeps open
+    // for longer than this queue runs.
+    let cdev = (dev.dev_info.flags & sys::UBLK_F_USER_COPY as u64 != 0)
+        .then(|| unsafe { BorrowedFd::borrow_raw(dev.tgt.fds[0]) });
     let exe = Rc::new(smol::LocalExecutor::new());
     let mut tags = Vec::new();
     for tag in queue.tags() {
         let (q, h, k) = (queue.clone(), handle.clone(), kick.clone());
         tags.push(exe.spawn(async move {
-            match serve_tag(&q, tag, &h, &k).await {
+            match serve_tag(&q, tag, cdev, &h, &k).await {
                 Ok(()) | Err(UblkError::QueueIsDown) => {}
                 Err(e) => error!(ublk = id, queue = qid, tag, "tag failed: {e}"),
             }
@@ -422,19 +434,88 @@ async fn watch_kicks(kick: RawFd) {
     }
 }
 
+/// Where a tag's data passes between the kernel and blockd.
+enum TagData<'a> {
+    /// A buffer the kernel copies into (writes) and out of (reads) itself.
+    Mapped(IoBuf<u8>),
+    /// `UBLK_F_USER_COPY`: blockd reads a write's data from the character device
+    /// straight into the buffer that goes to the disk and the peer, and writes a read's
+    /// data the same way, at the tag's offset (`pos`). One copy fewer than `Mapped`.
+    UserCopy { cdev: BorrowedFd<'a>, pos: u64 },
+}
+
+impl TagData<'_> {
+    fn desc(&self) -> BufDesc<'_> {
+        match self {
+            TagData::Mapped(buf) => BufDesc::Slice(buf.as_slice()),
+            TagData::UserCopy { .. } => BufDesc::Slice(&[]),
+        }
+    }
+
+    fn io_buf(&self) -> Option<&IoBuf<u8>> {
+        match self {
+            TagData::Mapped(buf) => Some(buf),
+            TagData::UserCopy { .. } => None,
+        }
+    }
+
+    /// A write request's `len` bytes, in a buffer of their own.
+    fn take(&self, len: usize) -> std::io::Result<AlignedBuf> {
+        match self {
+            TagData::Mapped(buf) => buf
+                .as_slice()
+                .get(..len)
+                .and_then(AlignedBuf::copy_of)
+                .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM)),
+            TagData::UserCopy { cdev, pos } => AlignedBuf::read_at(cdev.as_fd(), len, *pos),
+        }
+    }
+
+    /// Hands a read request's data to the kernel.
+    fn give(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            TagData::Mapped(buf) => {
+                buf.as_mut_slice()
+                    .get_mut(..data.len())
+                    .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?
+                    .copy_from_slice(data);
+                Ok(())
+            }
+            TagData::UserCopy { cdev, pos } => {
+                let mut done = 0;
+                while done < data.len() {
+                    match nix::sys::uio::pwrite(*cdev, &data[done..], (*pos + done as u64) as i64) {
+                        Ok(0) => return Err(std::io::Error::from_raw_os_error(libc::EIO)),
+                        Ok(n) => done += n,
+                        Err(nix::errno::Errno::EINTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 async fn serve_tag(
     q: &UblkQueue<'_>,
     tag: u16,
+    cdev: Option<BorrowedFd<'_>>,
     handle: &ResourceHandle,
     kick: &Arc<OwnedFd>,
 ) -> Result<(), UblkError> {
-    let mut buf = IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize);
-    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
+    let mut data = match cdev {
+        Some(cdev) => TagData::UserCopy {
+            cdev,
+            pos: UblkIOCtx::ublk_user_copy_pos(q.get_qid(), tag, 0),
+        },
+        None => TagData::Mapped(IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize)),
+    };
+    q.submit_io_prep_cmd(tag, data.desc(), 0, data.io_buf())
         .await?;
     loop {
-        let res = serve_request(q, tag, buf.as_mut_slice(), handle, kick).await;
-        q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
-            .await?;
+        let res = serve_request(q, tag, &mut data, handle, kick).await;
+        q.submit_io_commit_cmd(tag, data.desc(), res).await?;
     }
 }
 
@@ -442,7 +523,7 @@ async fn serve_tag(
 async fn serve_request(
     q: &UblkQueue<'_>,
     tag: u16,
-    buf: &mut [u8],
+    data: &mut TagData<'_>,
     handle: &ResourceHandle,
     kick: &Arc<OwnedFd>,
 ) -> i32 {
@@ -452,23 +533,21 @@ async fn serve_request(
     let offset = iod.start_sector << 9;
     let len = (iod.nr_sectors as usize) << 9;
     let request = match op {
-        sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE if len > buf.len() => {
+        sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE if len > IO_BUF_BYTES as usize => {
             return -libc::EINVAL;
         }
         sys::UBLK_IO_OP_READ => IoRequest::Read {
             offset,
             len: len as u32,
         },
-        sys::UBLK_IO_OP_WRITE => {
-            let Some(data) = AlignedBuf::copy_of(&buf[..len]) else {
-                return -libc::ENOMEM;
-            };
-            IoRequest::Write {
+        sys::UBLK_IO_OP_WRITE => match data.take(len) {
+            Ok(buf) => IoRequest::Write {
                 offset,
-                data: data.into_bytes(),
+                data: buf.into_bytes(),
                 fua,
-            }
-        }
+            },
+            Err(e) => return -e.raw_os_error().unwrap_or(libc::EIO),
+        },
         sys::UBLK_IO_OP_FLUSH => IoRequest::Flush,
         sys::UBLK_IO_OP_DISCARD | sys::UBLK_IO_OP_WRITE_ZEROES => IoRequest::Trim {
             offset,
@@ -484,8 +563,10 @@ async fn serve_request(
     };
     match submitted.await {
         Ok(IoOutcome::Data(d)) if op == sys::UBLK_IO_OP_READ && d.len() == len => {
-            buf[..len].copy_from_slice(&d);
-            len as i32
+            match data.give(&d) {
+                Ok(()) => len as i32,
+                Err(e) => as_block_error(super::io::errno(&e)),
+            }
         }
         Ok(IoOutcome::Data(_)) => -libc::EIO,
         Ok(IoOutcome::Done) if op == sys::UBLK_IO_OP_WRITE => len as i32,
