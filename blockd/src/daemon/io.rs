@@ -16,7 +16,7 @@
 //! complete, and a failed `fdatasync` is reported to the issuer as an I/O error, never
 //! retried (the kernel may have dropped the dirty pages).
 
-use super::uring::{UringOp, UringQueue};
+use super::uring::{UringDone, UringOp, UringQueue};
 use crate::aligned;
 use crate::engine::IoOutcome;
 use bytes::Bytes;
@@ -26,6 +26,10 @@ use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
+
+/// Called with an operation's outcome, on whichever thread finished it (the ring thread
+/// or tokio's blocking pool), so it must not block.
+pub type Done = Box<dyn FnOnce(IoOutcome) + Send>;
 
 /// The backing device of a resource.
 #[derive(Debug, Clone)]
@@ -95,21 +99,23 @@ impl Backing {
     }
 
     /// Reads `len` bytes at `offset`.
-    pub async fn read(&self, offset: u64, len: u32) -> IoOutcome {
+    pub fn read(&self, offset: u64, len: u32, done: Done) {
         if let Some(q) = &self.uring {
-            return outcome(q.run(UringOp::Read { offset, len }).await);
+            return q.submit(UringOp::Read { offset, len }, finish(done));
         }
         let file = self.file.clone();
-        run(move || {
-            let mut buf = vec![0u8; len as usize];
-            file.read_exact_at(&mut buf, offset)?;
-            Ok(Some(buf.into()))
-        })
-        .await
+        run(
+            move || {
+                let mut buf = vec![0u8; len as usize];
+                file.read_exact_at(&mut buf, offset)?;
+                Ok(Some(buf.into()))
+            },
+            done,
+        )
     }
 
     /// Writes `data` at `offset`; with `fua`, makes it durable first.
-    pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> IoOutcome {
+    pub fn write(&self, offset: u64, data: Bytes, fua: bool, done: Done) {
         if let Some(q) = &self.uring {
             // Block-aligned writes bypass the page cache (O_DIRECT); the buffer is
             // copied to an aligned one only if it is not aligned already.
@@ -123,53 +129,57 @@ impl Backing {
                 }
                 direct = aligned::is_aligned(&data);
             }
-            return outcome(
-                q.run(UringOp::Write {
-                    offset,
-                    data,
-                    dsync: fua,
-                    direct,
-                })
-                .await,
-            );
+            let op = UringOp::Write {
+                offset,
+                data,
+                dsync: fua,
+                direct,
+            };
+            return q.submit(op, finish(done));
         }
         let file = self.file.clone();
-        run(move || {
-            file.write_all_at(&data, offset)?;
-            if fua {
-                file.sync_data()?;
-            }
-            Ok(None)
-        })
-        .await
+        run(
+            move || {
+                file.write_all_at(&data, offset)?;
+                if fua {
+                    file.sync_data()?;
+                }
+                Ok(None)
+            },
+            done,
+        )
     }
 
     /// Makes every completed write durable.
-    pub async fn flush(&self) -> IoOutcome {
+    pub fn flush(&self, done: Done) {
         if let Some(q) = &self.uring {
-            return outcome(q.run(UringOp::Sync).await);
+            return q.submit(UringOp::Sync, finish(done));
         }
         let file = self.file.clone();
-        run(move || {
-            file.sync_data()?;
-            Ok(None)
-        })
-        .await
+        run(
+            move || {
+                file.sync_data()?;
+                Ok(None)
+            },
+            done,
+        )
     }
 
     /// Discards (`zeroes = false`) or zeroes a range. Discarded ranges read back as
     /// zeroes here, so both nodes stay identical whatever the device does with discards.
-    pub async fn trim(&self, offset: u64, len: u64, zeroes: bool, fua: bool) -> IoOutcome {
+    pub fn trim(&self, offset: u64, len: u64, zeroes: bool, fua: bool, done: Done) {
         let file = self.file.clone();
         let block = self.is_block_device;
-        run(move || {
-            zero_range(&file, block, offset, len, zeroes)?;
-            if fua {
-                file.sync_data()?;
-            }
-            Ok(None)
-        })
-        .await
+        run(
+            move || {
+                zero_range(&file, block, offset, len, zeroes)?;
+                if fua {
+                    file.sync_data()?;
+                }
+                Ok(None)
+            },
+            done,
+        )
     }
 }
 
@@ -181,14 +191,16 @@ fn outcome(r: io::Result<Option<Bytes>>) -> IoOutcome {
     }
 }
 
-async fn run<F>(f: F) -> IoOutcome
+fn finish(done: Done) -> UringDone {
+    Box::new(move |r| done(outcome(r)))
+}
+
+/// Runs `f` on tokio's blocking pool (the caller is on a runtime thread).
+fn run<F>(f: F, done: Done)
 where
     F: FnOnce() -> io::Result<Option<Bytes>> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => outcome(r),
-        Err(_) => IoOutcome::Failed(libc::EIO),
-    }
+    tokio::task::spawn_blocking(move || done(outcome(f())));
 }
 
 /// Both discard and write-zeroes leave zeroes: a discard that left stale data on one
@@ -245,6 +257,16 @@ fn write_zeroes(file: &File, offset: u64, len: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::oneshot;
+
+    /// Runs one operation and waits for its outcome.
+    async fn wait(start: impl FnOnce(Done)) -> IoOutcome {
+        let (tx, rx) = oneshot::channel();
+        start(Box::new(move |o| {
+            let _ = tx.send(o);
+        }));
+        rx.await.unwrap_or(IoOutcome::Failed(libc::EIO))
+    }
 
     #[tokio::test]
     async fn direct_and_buffered_writes_read_back_coherently() {
@@ -257,12 +279,15 @@ mod tests {
         );
         // Aligned (direct, from an unaligned Vec), then unaligned over it (buffered).
         let aligned: Bytes = vec![1u8; 8192].into();
-        assert_eq!(b.write(4096, aligned, false).await, IoOutcome::Done);
         assert_eq!(
-            b.write(4096 + 100, vec![2u8; 10].into(), true).await,
+            wait(|d| b.write(4096, aligned, false, d)).await,
             IoOutcome::Done
         );
-        let IoOutcome::Data(got) = b.read(4096, 8192).await else {
+        assert_eq!(
+            wait(|d| b.write(4096 + 100, vec![2u8; 10].into(), true, d)).await,
+            IoOutcome::Done
+        );
+        let IoOutcome::Data(got) = wait(|d| b.read(4096, 8192, d)).await else {
             panic!("read failed")
         };
         assert_eq!(&got[..100], &[1u8; 100][..]);
@@ -270,14 +295,14 @@ mod tests {
         assert_eq!(&got[110..], &[1u8; 8082][..]);
         // Direct over buffered: the page cache must not hide it.
         assert_eq!(
-            b.write(4096, vec![3u8; 4096].into(), false).await,
+            wait(|d| b.write(4096, vec![3u8; 4096].into(), false, d)).await,
             IoOutcome::Done
         );
-        let IoOutcome::Data(got) = b.read(4096, 4096).await else {
+        let IoOutcome::Data(got) = wait(|d| b.read(4096, 4096, d)).await else {
             panic!("read failed")
         };
         assert_eq!(got, vec![3u8; 4096]);
-        assert_eq!(b.flush().await, IoOutcome::Done);
+        assert_eq!(wait(|d| b.flush(d)).await, IoOutcome::Done);
     }
 
     /// Pages of `f` in `[offset, offset + len)` that are in the page cache.
@@ -309,9 +334,12 @@ mod tests {
         let b = Backing::open(f.path()).unwrap();
         // Written with O_DIRECT: nothing of it is cached.
         let data: Bytes = vec![9u8; 65536].into();
-        assert_eq!(b.write(65536, data, true).await, IoOutcome::Done);
+        assert_eq!(
+            wait(|d| b.write(65536, data, true, d)).await,
+            IoOutcome::Done
+        );
         assert_eq!(cached_pages(f.as_file(), 65536, 65536), 0);
-        let IoOutcome::Data(got) = b.read(65536, 65536).await else {
+        let IoOutcome::Data(got) = wait(|d| b.read(65536, 65536, d)).await else {
             panic!("read failed")
         };
         assert_eq!(got, vec![9u8; 65536]);
@@ -320,7 +348,7 @@ mod tests {
         // blocking detour.
         assert_eq!(cached_pages(f.as_file(), 65536, 65536), 0);
         // An unaligned read goes through the cache.
-        let IoOutcome::Data(got) = b.read(65536 + 512, 1024).await else {
+        let IoOutcome::Data(got) = wait(|d| b.read(65536 + 512, 1024, d)).await else {
             panic!("read failed")
         };
         assert_eq!(got, vec![9u8; 1024]);

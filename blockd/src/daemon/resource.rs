@@ -1,12 +1,12 @@
 //! The task that runs one resource: it owns the [`Engine`], the metadata store and the
 //! backing device, feeds the engine its inputs and carries out its actions in order.
 
-use super::io::Backing;
+use super::io::{Backing, Done};
 use super::peer::{self, NewSession};
 use super::sender;
 use super::ublk::{self, Phase, UblkDevice, UblkSpec};
 use crate::engine::{
-    Action, Command, CommandResult, Engine, Input, IoOutcome, IoRequest, Now, ReqId,
+    Action, Command, CommandResult, Engine, Input, IoOutcome, IoRequest, Now, OpId, ReqId,
 };
 use crate::md::MdStore;
 use crate::nbd::{self, NbdBackend};
@@ -544,13 +544,7 @@ impl ResourceTask {
     ) {
         match action {
             Action::LocalRead { op, offset, len } => {
-                let (b, tx) = (self.backing.clone(), self.tx.clone());
-                tokio::spawn(async move {
-                    let outcome = b.read(offset, len).await;
-                    let _ = tx
-                        .send(ResourceMsg::Engine(Input::LocalDone { op, outcome }))
-                        .await;
-                });
+                self.backing.read(offset, len, self.local_done(op));
             }
             Action::LocalWrite {
                 op,
@@ -558,13 +552,7 @@ impl ResourceTask {
                 data,
                 fua,
             } => {
-                let (b, tx) = (self.backing.clone(), self.tx.clone());
-                tokio::spawn(async move {
-                    let outcome = b.write(offset, data, fua).await;
-                    let _ = tx
-                        .send(ResourceMsg::Engine(Input::LocalDone { op, outcome }))
-                        .await;
-                });
+                self.backing.write(offset, data, fua, self.local_done(op));
             }
             Action::LocalTrim {
                 op,
@@ -573,22 +561,11 @@ impl ResourceTask {
                 zeroes,
                 fua,
             } => {
-                let (b, tx) = (self.backing.clone(), self.tx.clone());
-                tokio::spawn(async move {
-                    let outcome = b.trim(offset, len, zeroes, fua).await;
-                    let _ = tx
-                        .send(ResourceMsg::Engine(Input::LocalDone { op, outcome }))
-                        .await;
-                });
+                self.backing
+                    .trim(offset, len, zeroes, fua, self.local_done(op));
             }
             Action::LocalFlush { op } => {
-                let (b, tx) = (self.backing.clone(), self.tx.clone());
-                tokio::spawn(async move {
-                    let outcome = b.flush().await;
-                    let _ = tx
-                        .send(ResourceMsg::Engine(Input::LocalDone { op, outcome }))
-                        .await;
-                });
+                self.backing.flush(self.local_done(op));
             }
             Action::Send(frame) => {
                 if let Some(s) = session {
@@ -667,6 +644,22 @@ impl ResourceTask {
                 });
             }
         }
+    }
+
+    /// Where the outcome of local operation `op` goes: straight into the inbox from the
+    /// thread that finished it (no task in between); a full inbox is waited for on a
+    /// task, never on that thread.
+    fn local_done(&self, op: OpId) -> Done {
+        let tx = self.tx.clone();
+        let runtime = tokio::runtime::Handle::current();
+        Box::new(move |outcome| {
+            let msg = ResourceMsg::Engine(Input::LocalDone { op, outcome });
+            if let Err(mpsc::error::TrySendError::Full(msg)) = tx.try_send(msg) {
+                runtime.spawn(async move {
+                    let _ = tx.send(msg).await;
+                });
+            }
+        })
     }
 
     fn handle(&self) -> ResourceHandle {

@@ -1,5 +1,6 @@
 //! An io_uring queue for the backing device: one thread owns the ring (submission
-//! and completion), tokio tasks submit through a channel and wait on a oneshot.
+//! and completion); callers submit through a channel with a callback that the thread
+//! calls with the result (no task to wake in between).
 //!
 //! The thread sleeps in `io_uring_enter` until a completion arrives; a submission
 //! wakes it through an eventfd whose read is always armed in the ring. Buffers live in
@@ -14,7 +15,6 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc;
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
 /// Queue depth of the ring.
 const ENTRIES: u32 = 256;
@@ -49,9 +49,12 @@ pub enum UringOp {
 /// The result: read data, or nothing.
 pub type UringResult = io::Result<Option<Bytes>>;
 
+/// Called with an operation's result, on the ring thread.
+pub type UringDone = Box<dyn FnOnce(UringResult) + Send>;
+
 struct Submission {
     op: UringOp,
-    done: oneshot::Sender<UringResult>,
+    done: UringDone,
 }
 
 /// A handle to the ring thread of one backing file.
@@ -87,17 +90,16 @@ impl UringQueue {
         Ok(UringQueue { tx, wake })
     }
 
-    /// Runs one operation.
-    pub async fn run(&self, op: UringOp) -> UringResult {
-        let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Submission { op, done })
-            .map_err(|_| io::Error::from_raw_os_error(libc::ESHUTDOWN))?;
+    /// Starts one operation; `done` gets its result (here, at once, if the ring thread
+    /// is gone).
+    pub fn submit(&self, op: UringOp, done: UringDone) {
+        if let Err(mpsc::SendError(s)) = self.tx.send(Submission { op, done }) {
+            (s.done)(Err(io::Error::from_raw_os_error(libc::ESHUTDOWN)));
+            return;
+        }
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
         let _ = unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        rx.await
-            .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?
     }
 }
 
@@ -108,7 +110,7 @@ struct Slot {
     buf: Option<AlignedBuf>,
     /// Bytes done so far (short reads and writes are resubmitted for the rest).
     done_bytes: usize,
-    reply: oneshot::Sender<UringResult>,
+    reply: UringDone,
 }
 
 fn sqe_for(
@@ -189,7 +191,7 @@ fn ring_thread(
                 UringOp::Read { len, .. } => match AlignedBuf::zeroed(*len as usize) {
                     Some(b) => Some(b),
                     None => {
-                        let _ = s.done.send(Err(io::Error::from_raw_os_error(libc::ENOMEM)));
+                        (s.done)(Err(io::Error::from_raw_os_error(libc::ENOMEM)));
                         continue;
                     }
                 },
@@ -233,7 +235,7 @@ fn ring_thread(
             }
             // The ring is unusable: fail everything in flight.
             for s in slots.iter_mut().filter_map(Option::take) {
-                let _ = s.reply.send(Err(io::Error::from_raw_os_error(
+                (s.reply)(Err(io::Error::from_raw_os_error(
                     e.raw_os_error().unwrap_or(libc::EIO),
                 )));
             }
@@ -255,7 +257,7 @@ fn ring_thread(
             };
             if res < 0 {
                 if let Some(s) = slots[idx].take() {
-                    let _ = s.reply.send(Err(io::Error::from_raw_os_error(-res)));
+                    (s.reply)(Err(io::Error::from_raw_os_error(-res)));
                 }
                 free.push(idx);
                 continue;
@@ -270,7 +272,7 @@ fn ring_thread(
             if short && res == 0 {
                 // End of file on a read, or no progress on a write.
                 if let Some(s) = slots[idx].take() {
-                    let _ = s.reply.send(Err(io::Error::from_raw_os_error(libc::EIO)));
+                    (s.reply)(Err(io::Error::from_raw_os_error(libc::EIO)));
                 }
                 free.push(idx);
             } else if short {
@@ -280,7 +282,7 @@ fn ring_thread(
                     UringOp::Read { .. } => s.buf.map(AlignedBuf::into_bytes),
                     _ => None,
                 };
-                let _ = s.reply.send(Ok(out));
+                (s.reply)(Ok(out));
                 free.push(idx);
             }
         }
@@ -290,6 +292,21 @@ fn ring_thread(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::oneshot;
+
+    impl UringQueue {
+        async fn run(&self, op: UringOp) -> UringResult {
+            let (tx, rx) = oneshot::channel();
+            self.submit(
+                op,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            rx.await
+                .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?
+        }
+    }
 
     #[tokio::test]
     async fn write_read_sync_round_trip() {
