@@ -8,6 +8,10 @@
 //! them is wrapped so that waking the tag's task also writes an eventfd that the queue's
 //! io_uring polls, so the queue thread leaves `io_uring_enter` at once.
 //!
+//! Where the kernel offers `UBLK_F_USER_COPY` (6.5 on), a request's data moves with
+//! `pread`/`pwrite` on `/dev/ublkcN` straight between the kernel's pages and the buffer
+//! blockd uses (see `TagData`); otherwise each tag has a buffer the kernel copies into.
+//!
 //! Devices are created with `UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE`: if
 //! blockd dies, the kernel keeps `/dev/ublkbN` and holds its I/O (requests the dead server
 //! had taken are reissued, which is safe for block I/O); a restarted blockd re-attaches
