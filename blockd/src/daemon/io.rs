@@ -191,8 +191,30 @@ fn outcome(r: io::Result<Option<Bytes>>) -> IoOutcome {
     }
 }
 
+/// Calls an operation's [`Done`] exactly once: with its outcome, or with EIO if it is
+/// dropped unanswered (the thread running the operation panicked or went away), so
+/// the resource never waits for an operation forever.
+struct Answer(Option<Done>);
+
+impl Answer {
+    fn send(mut self, o: IoOutcome) {
+        if let Some(done) = self.0.take() {
+            done(o);
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            done(IoOutcome::Failed(libc::EIO));
+        }
+    }
+}
+
 fn finish(done: Done) -> UringDone {
-    Box::new(move |r| done(outcome(r)))
+    let answer = Answer(Some(done));
+    Box::new(move |r| answer.send(outcome(r)))
 }
 
 /// Runs `f` on tokio's blocking pool (the caller is on a runtime thread).
@@ -200,7 +222,8 @@ fn run<F>(f: F, done: Done)
 where
     F: FnOnce() -> io::Result<Option<Bytes>> + Send + 'static,
 {
-    tokio::task::spawn_blocking(move || done(outcome(f())));
+    let answer = Answer(Some(done));
+    tokio::task::spawn_blocking(move || answer.send(outcome(f())));
 }
 
 /// Both discard and write-zeroes leave zeroes: a discard that left stale data on one
@@ -266,6 +289,16 @@ mod tests {
             let _ = tx.send(o);
         }));
         rx.await.unwrap_or(IoOutcome::Failed(libc::EIO))
+    }
+
+    #[tokio::test]
+    async fn an_operation_dropped_unanswered_reports_an_io_error() {
+        let got = wait(|d| drop(finish(d))).await;
+        assert_eq!(got, IoOutcome::Failed(libc::EIO));
+        let got = wait(|d| run(|| panic!("the operation panicked"), d)).await;
+        assert_eq!(got, IoOutcome::Failed(libc::EIO));
+        let got = wait(|d| finish(d)(Ok(None))).await;
+        assert_eq!(got, IoOutcome::Done);
     }
 
     #[tokio::test]
