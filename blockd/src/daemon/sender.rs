@@ -11,6 +11,14 @@
 //! Over loopback, where the socket refuses `SO_ZEROCOPY`, or where the kernel reports
 //! that it copied anyway (a device without scatter-gather), sends simply copy.
 //!
+//! Under load, small frames (4k writes, acknowledgements) would each cost a packet if
+//! the thread sent them the moment it woke up: when the last batch held several
+//! frames, it yields the CPU once first, so the resource task finishes the batch it is
+//! handling and the frames share packets. In the lab (one vCPU per guest) that made
+//! 0.22 acknowledgement packets per 4k write instead of 0.32 and cut the Secondary's
+//! CPU per write by a sixth; where nothing else wants the CPU the yield returns at once.
+//! Frames that come one at a time (the acknowledgements of 1 MiB writes) go out at once.
+//!
 //! The writer is a thread, not a tokio task, because the error queue raises
 //! `EPOLLERR`, which mio reports as "write side closed" for good: tokio's `writable()`
 //! would then never wait again. The thread waits with `poll(2)`, where `POLLERR` just
@@ -175,6 +183,7 @@ fn run_writer(
     // pinning the pages and before a notification: only the overhead would remain.
     let loopback = wr.peer_addr().is_ok_and(|a| a.ip().is_loopback());
     let mut sender = Sender::new(fd, !loopback);
+    let mut batching = false;
     loop {
         let mut out = {
             let mut q = lock(shared);
@@ -182,12 +191,22 @@ fn run_writer(
             while !q.pending.has_remaining() && !q.closed {
                 q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
             }
+            if batching && q.pending.remaining() < MIN_ZEROCOPY && !q.closed {
+                // Small frames come in batches: let whoever queues them (still running,
+                // on a busy CPU) queue the rest first, so they share packets. See the
+                // module doc.
+                drop(q);
+                std::thread::yield_now();
+                q = lock(shared);
+            }
             if !q.pending.has_remaining() {
                 break;
             }
             q.busy = true;
             std::mem::take(&mut q.pending)
         };
+        // More than one frame (or one data frame) came in the last batch.
+        batching = out.parts.len() > 2;
         if let Err(e) = sender.send_all(fd, &mut out) {
             lock(shared).failed = true;
             let reason = format!("write error: {e}");
