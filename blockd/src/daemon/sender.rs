@@ -206,7 +206,8 @@ fn run_writer(
             q.busy = true;
             std::mem::take(&mut q.pending)
         };
-        // More than one frame (or one data frame) came in the last batch.
+        // The last batch held several frames: more parts than one data frame's head
+        // and body (an acknowledgement is a head alone).
         batching = out.parts.len() > 2;
         if let Err(e) = sender.send_all(fd, &mut out) {
             lock(shared).failed = true;
