@@ -42,6 +42,45 @@ fn seed_test_1_switchover_keeps_the_data() {
     );
 }
 
+/// The scheduling policy of each thread of process `pid` (field 41 of its `stat`).
+fn thread_policies(pid: i32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        // Fields after the parenthesised name start at field 3.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy = rest.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        out.push((comm.trim().to_string(), policy));
+    }
+    out
+}
+
+/// Every thread of a replicating blockd (runtime workers, the ring thread, the
+/// replication writer) runs `SCHED_BATCH`: hand-offs between them do not preempt.
+#[test]
+fn every_blockd_thread_runs_sched_batch() {
+    const SCHED_BATCH: u32 = 3;
+    let p = Pair::synced(PairOptions::default()).unwrap();
+    qemu_io(&p.nbd_uri(MASTER), &["write -P 0x5a 0 1M", "flush"]).unwrap();
+    for node in NODES {
+        let threads = thread_policies(p.pid(node).unwrap());
+        let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
+        for needed in ["blockd-uring", "blockd-send"] {
+            assert!(names.contains(&needed), "{node}: no {needed} in {names:?}");
+        }
+        for (name, policy) in &threads {
+            assert_eq!(
+                *policy, SCHED_BATCH,
+                "{node}: thread {name} runs policy {policy}"
+            );
+        }
+    }
+}
+
 #[test]
 fn primary_refused_while_peer_is_primary_and_secondary_refused_while_in_use() {
     let p = Pair::synced(PairOptions::default()).unwrap();
