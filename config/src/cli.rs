@@ -1,6 +1,6 @@
 //! What every hablock program shares on its command line and at start-up: the
 //! `--config`/`--node`/`--run-dir` options, where the control sockets live in the run
-//! directory, and logging to stderr.
+//! directory, logging to stderr, and the admin tools' output to stdout.
 
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,19 @@ pub fn blockd_socket(run_dir: &Path) -> PathBuf {
 /// Path of clusterd's control socket in `run_dir`.
 pub fn clusterd_socket(run_dir: &Path) -> PathBuf {
     run_dir.join("clusterd.sock")
+}
+
+/// Writes `text` to stdout in one piece (a short report reaches a pipe in one write,
+/// before its reader can leave). A reader that went away (`blockctl status | grep -q`,
+/// `clusterctl events | head`) ends the program quietly with status 0: nobody is left
+/// to read, which is not the command's failure. Other errors are returned.
+pub fn print_out(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => r,
+    }
 }
 
 /// Logs to stderr (journald picks it up under systemd); `RUST_LOG` filters.

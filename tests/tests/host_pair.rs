@@ -81,6 +81,30 @@ fn every_blockd_thread_runs_sched_batch() {
     }
 }
 
+/// `blockctl status | grep -q …`: a reader that leaves before the report is written
+/// ends blockctl quietly, with status 0 (no panic about printing to stdout).
+#[test]
+fn blockctl_output_to_a_closed_pipe_ends_quietly() {
+    let p = Pair::started(PairOptions::default()).unwrap();
+    for args in [&["status", "--json", "r0"][..], &["status"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = p
+            .command("blockctl", MASTER)
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "blockctl {args:?}: {:?}, {stderr}",
+            out.status
+        );
+        assert!(stderr.is_empty(), "blockctl {args:?} said: {stderr}");
+    }
+}
+
 #[test]
 fn primary_refused_while_peer_is_primary_and_secondary_refused_while_in_use() {
     let p = Pair::synced(PairOptions::default()).unwrap();

@@ -112,6 +112,11 @@ impl From<ClientError> for Failure {
     }
 }
 
+/// Prints `text` on stdout (see [`hablock_config::cli::print_out`]).
+fn out(text: &str) -> Result<(), Failure> {
+    hablock_config::cli::print_out(text).map_err(|e| refused(format!("writing the output: {e}")))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -189,13 +194,13 @@ fn create_md(common: &CommonOptions, resource: &str, force: bool) -> Result<(), 
     let report =
         blockd::md::create_md(&r.backing, &blockd::daemon::md_location(r), resource, force)
             .map_err(|e| refused(e.to_string()))?;
-    println!(
-        "{resource}: metadata written ({}); usable size {} bytes ({}), metadata {} bytes",
+    out(&format!(
+        "{resource}: metadata written ({}); usable size {} bytes ({}), metadata {} bytes\n",
         report.location,
         report.usable_bytes,
         human_bytes(report.usable_bytes),
         report.md_bytes
-    );
+    ))?;
     Ok(())
 }
 
@@ -216,13 +221,10 @@ fn status(sock: &std::path::Path, resource: Option<String>, json: bool) -> Resul
     if json {
         let report = hablock_proto::control::StatusReport { resources };
         let text = serde_json::to_string_pretty(&report).map_err(|e| refused(e.to_string()))?;
-        println!("{text}");
+        out(&format!("{text}\n"))?;
         return Ok(());
     }
-    for r in &resources {
-        print!("{}", render_status(r));
-    }
-    Ok(())
+    out(&resources.iter().map(render_status).collect::<String>())
 }
 
 fn render_status(r: &ResourceStatus) -> String {
@@ -335,13 +337,13 @@ fn verify(sock: &std::path::Path, resource: String, wait: bool) -> Result<(), Fa
                     checked_bytes: 0,
                     out_of_sync_bytes: 0,
                 });
-            println!(
-                "{resource}: verify done: {} out of sync ({} bytes)",
+            out(&format!(
+                "{resource}: verify done: {} out of sync ({} bytes)\n",
                 human_bytes(v.out_of_sync_bytes),
                 v.out_of_sync_bytes
-            );
+            ))?;
             if v.out_of_sync_bytes > 0 {
-                println!("{resource}: resync them with `blockctl disconnect {resource} && blockctl connect {resource}`");
+                out(&format!("{resource}: resync them with `blockctl disconnect {resource} && blockctl connect {resource}`\n"))?;
             }
             return Ok(());
         }
@@ -360,21 +362,21 @@ fn events(sock: &std::path::Path, json: bool) -> Result<(), Failure> {
             Response::Event(ev) => {
                 if json {
                     let line = serde_json::to_string(&ev).map_err(|e| refused(e.to_string()))?;
-                    println!("{line}");
+                    out(&format!("{line}\n"))?;
                 } else {
                     let change = match (&ev.old, &ev.new) {
                         (Some(o), Some(n)) => format!("{o} -> {n}"),
                         (None, Some(n)) => n.clone(),
                         _ => String::new(),
                     };
-                    println!(
-                        "{} {} {} {} {}",
+                    out(&format!(
+                        "{} {} {} {} {}\n",
                         ev.time_ms,
                         ev.resource,
                         ev.kind,
                         change,
                         ev.message.clone().unwrap_or_default()
-                    );
+                    ))?;
                 }
             }
             Response::Refused { message } => return Err(refused(message)),

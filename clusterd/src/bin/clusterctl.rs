@@ -74,6 +74,11 @@ fn usage(message: impl Into<String>) -> Failure {
     }
 }
 
+/// Prints `text` on stdout (see [`hablock_config::cli::print_out`]).
+fn out(text: &str) -> Result<(), Failure> {
+    hablock_config::cli::print_out(text).map_err(|e| refused(format!("writing the output: {e}")))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -177,9 +182,9 @@ fn status(sock: &Path, json: bool) -> Result<(), Failure> {
     if json {
         let text = serde_json::to_string_pretty(&st)
             .map_err(|e| refused(format!("encoding the status: {e}")))?;
-        println!("{text}");
+        out(&format!("{text}\n"))?;
     } else {
-        print!("{}", render(&st));
+        out(&render(&st))?;
     }
     Ok(())
 }
@@ -259,7 +264,7 @@ fn events(sock: &Path, json: bool) -> Result<(), Failure> {
             ClusterResponse::Event(ev) => {
                 if json {
                     match serde_json::to_string(&ev) {
-                        Ok(t) => println!("{t}"),
+                        Ok(t) => out(&format!("{t}\n"))?,
                         Err(e) => return Err(refused(format!("encoding an event: {e}"))),
                     }
                 } else {
@@ -268,10 +273,10 @@ fn events(sock: &Path, json: bool) -> Result<(), Failure> {
                         .as_deref()
                         .map(|g| format!(" [{g}]"))
                         .unwrap_or_default();
-                    println!(
-                        "{} {} {}{group}: {}",
+                    out(&format!(
+                        "{} {} {}{group}: {}\n",
                         ev.time_ms, ev.node, ev.kind, ev.message
-                    );
+                    ))?;
                 }
             }
             other => return expect_ok(other),
