@@ -43,7 +43,7 @@ fn seed_test_1_switchover_keeps_the_data() {
 }
 
 /// The scheduling policy of each thread of process `pid` (field 41 of its `stat`).
-fn thread_policies(pid: i32) -> Vec<(String, u32)> {
+fn thread_policies(pid: i32) -> Vec<(String, i32)> {
     let mut out = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let dir = task.unwrap().path();
@@ -63,7 +63,6 @@ fn thread_policies(pid: i32) -> Vec<(String, u32)> {
 /// replication writer) runs `SCHED_BATCH`: hand-offs between them do not preempt.
 #[test]
 fn every_blockd_thread_runs_sched_batch() {
-    const SCHED_BATCH: u32 = 3;
     let p = Pair::synced(PairOptions::default()).unwrap();
     qemu_io(&p.nbd_uri(MASTER), &["write -P 0x5a 0 1M", "flush"]).unwrap();
     for node in NODES {
@@ -74,7 +73,8 @@ fn every_blockd_thread_runs_sched_batch() {
         }
         for (name, policy) in &threads {
             assert_eq!(
-                *policy, SCHED_BATCH,
+                *policy,
+                libc::SCHED_BATCH,
                 "{node}: thread {name} runs policy {policy}"
             );
         }
