@@ -90,6 +90,9 @@ pub const MIN_PROTOCOL_VERSION: u8 = 2;
 pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024 + 4096;
 /// Size of the fixed frame header.
 pub const HEADER_LEN: usize = 32;
+/// The longest [`BlockLayout::head_len`] of any kind: the header and `Data`'s fixed
+/// fields (`offset u64 | fua u8`).
+pub const MAX_BLOCK_HEAD_LEN: usize = HEADER_LEN + 9;
 /// Granularity of the checksums in a [`Message::VerifyReply`].
 pub const VERIFY_BLOCK: u32 = 4096;
 
@@ -856,7 +859,7 @@ fn decode_payload(kind: u8, payload: &Bytes) -> Field<Message> {
 /// Length of the fixed fields before the data block, for the kinds that carry one.
 fn block_prefix_len(kind: u8) -> Option<usize> {
     match kind {
-        16 => Some(9),
+        16 => Some(MAX_BLOCK_HEAD_LEN - HEADER_LEN),
         48 => Some(8),
         _ => None,
     }

@@ -7,6 +7,7 @@ use hablock_proto::control::{self, ControlError, Request, Response};
 use hablock_proto::peer::{
     auth_mac, block_layout, decode, decode_from, decode_parts, encode, encode_parts, kind_of,
     negotiate, verify_auth_mac, Decoded, Frame, FrameError, Hello, Message, NodeState, HEADER_LEN,
+    MAX_BLOCK_HEAD_LEN,
     MAX_PAYLOAD,
 };
 use hablock_proto::types::{DiskState, Role, Uuids};
@@ -481,6 +482,7 @@ proptest! {
         match layout {
             Some(l) => {
                 prop_assert_eq!(l.head_len + l.block_len, wire.len());
+                prop_assert!(l.head_len <= MAX_BLOCK_HEAD_LEN);
                 let block = Bytes::copy_from_slice(&wire[l.head_len..]);
                 let ptr = block.as_ptr();
                 let split = decode_parts(&wire[..l.head_len], block).unwrap();

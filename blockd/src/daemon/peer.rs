@@ -16,7 +16,7 @@ use rand::RngCore;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -308,9 +308,9 @@ pub async fn read_session(
     session: u64,
     to_resource: mpsc::Sender<ResourceMsg>,
 ) {
-    let mut buf = BytesMut::from(&leftover[..]);
+    let mut frames = FrameReader::new(&leftover);
     let reason = loop {
-        let input = match next_frame(&mut rd, &mut buf).await {
+        let input = match frames.next(&mut rd).await {
             Ok(Decoded::Frame(frame)) => Input::PeerFrame { session, frame },
             Ok(Decoded::Corrupt { kind, id }) => Input::PeerCorrupt { session, kind, id },
             Err(reason) => break reason,
@@ -332,31 +332,64 @@ const READ_CHUNK: usize = 1 << 20;
 /// (smaller ones are copied into aligned memory by the write).
 const ALIGNED_BLOCK_MIN: usize = 64 * 1024;
 
-/// Reads the next frame from the stream (`buf` holds what was read past the last
-/// one); the reason the stream cannot go on otherwise.
-async fn next_frame(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<Decoded, String> {
-    let protocol = |e: peer::FrameError| format!("protocol error: {e}");
-    loop {
-        if let Some(decoded) = peer::decode_from(buf).map_err(protocol)? {
-            return Ok(decoded);
+/// Cuts a stream into frames.
+///
+/// A large block goes from the socket straight into its aligned memory only for the
+/// part of it that the read buffer does not already hold: the rest was read with the
+/// frames before it and is copied over. In a stream of large blocks (a sequential
+/// write, a resync) a read of up to [`READ_CHUNK`] at a frame's start would take much
+/// of the next block with its head, so after a large block the reader first reads
+/// only up to the next frame's head; small frames keep sharing reads.
+struct FrameReader {
+    /// What was read past the last frame.
+    buf: BytesMut,
+    /// The last frame carried a large block: the next one probably does too.
+    after_large_block: bool,
+}
+
+impl FrameReader {
+    /// A reader whose stream starts with `leftover` (read along with the handshake).
+    fn new(leftover: &[u8]) -> FrameReader {
+        FrameReader {
+            buf: BytesMut::from(leftover),
+            after_large_block: false,
         }
-        if let Some(layout) = peer::block_layout(buf).map_err(protocol)? {
-            if layout.block_len >= ALIGNED_BLOCK_MIN && buf.len() >= layout.head_len {
+    }
+
+    /// Reads the next frame from `rd`; the reason the stream cannot go on otherwise.
+    async fn next<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> Result<Decoded, String> {
+        let protocol = |e: peer::FrameError| format!("protocol error: {e}");
+        let buf = &mut self.buf;
+        loop {
+            let layout = peer::block_layout(buf).map_err(protocol)?;
+            let large = layout.filter(|l| l.block_len >= ALIGNED_BLOCK_MIN);
+            if let Some(decoded) = peer::decode_from(buf).map_err(protocol)? {
+                self.after_large_block = large.is_some();
+                return Ok(decoded);
+            }
+            if let Some(layout) = large.filter(|l| buf.len() >= l.head_len) {
                 let head = buf.split_to(layout.head_len);
                 let block = read_aligned_block(rd, buf, layout.block_len).await?;
+                self.after_large_block = true;
                 return peer::decode_parts(&head, block).map_err(protocol);
             }
+            if self.after_large_block && buf.len() < peer::MAX_BLOCK_HEAD_LEN {
+                let want = peer::MAX_BLOCK_HEAD_LEN - buf.len();
+                buf.reserve(want);
+                read_some(rd, &mut (&mut *buf).limit(want)).await?;
+                continue;
+            }
+            // Room for a whole large frame, so a data block arrives in few reads.
+            buf.reserve(READ_CHUNK);
+            read_some(rd, buf).await?;
         }
-        // Room for a whole large frame, so a data block arrives in few reads.
-        buf.reserve(READ_CHUNK);
-        read_some(rd, buf).await?;
     }
 }
 
 /// Receives a `len`-byte block into page-aligned memory, starting with the part of it
 /// `buf` already holds.
-async fn read_aligned_block(
-    rd: &mut OwnedReadHalf,
+async fn read_aligned_block<R: AsyncRead + Unpin>(
+    rd: &mut R,
     buf: &mut BytesMut,
     len: usize,
 ) -> Result<Bytes, String> {
@@ -376,7 +409,7 @@ async fn read_aligned_block(
 }
 
 /// One read into `buf`; the reason the stream ended if it did.
-async fn read_some<B: BufMut>(rd: &mut OwnedReadHalf, buf: &mut B) -> Result<(), String> {
+async fn read_some<R: AsyncRead + Unpin, B: BufMut>(rd: &mut R, buf: &mut B) -> Result<(), String> {
     match rd.read_buf(buf).await {
         Ok(0) => Err("peer closed the connection".to_string()),
         Ok(_) => Ok(()),
@@ -466,5 +499,90 @@ mod tests {
         assert_eq!(frames[0], data(0, 4096, 1));
         assert_eq!(frames[2], data(4096, 4096, 2));
         reader.await.unwrap();
+    }
+    /// A stream source that has everything available at once and records each read:
+    /// where in the stream it started and how many bytes it delivered.
+    struct RecordingStream {
+        wire: Vec<u8>,
+        pos: usize,
+        reads: Vec<(usize, usize)>,
+    }
+
+    impl AsyncRead for RecordingStream {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = buf.remaining().min(self.wire.len() - self.pos);
+            let (pos, this) = (self.pos, &mut *self);
+            buf.put_slice(&this.wire[pos..pos + n]);
+            this.reads.push((pos, n));
+            this.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// In a stream of large blocks that is all there at once, each block after the
+    /// first goes from the socket straight into its own memory: the read that takes a
+    /// frame's head stops there instead of taking the block with it (and copying it).
+    /// Small frames in between still decode, and share reads.
+    #[tokio::test]
+    async fn blocks_after_a_large_block_are_read_head_first() {
+        let rs = |offset: u64, len: usize, fill: u8| Frame {
+            id: offset,
+            msg: Message::RsData {
+                offset,
+                payload: Bytes::from(vec![fill; len]),
+            },
+        };
+        let sent = vec![
+            data(0, 4096, 1),
+            data(1 << 20, 1 << 20, 2),
+            rs(2 << 20, 256 * 1024, 3),
+            data(3 << 20, 1 << 20, 4),
+            Frame { id: 9, msg: Message::Ping },
+            data(8192, 4096, 5),
+            data(4 << 20, 128 * 1024, 6),
+        ];
+        let mut wire = Vec::new();
+        let mut starts = Vec::new();
+        for f in &sent {
+            starts.push(wire.len());
+            peer::encode(f, &mut wire);
+        }
+        let end = wire.len();
+        let mut rd = RecordingStream { wire, pos: 0, reads: Vec::new() };
+        let mut frames = FrameReader::new(&[]);
+        let mut got = Vec::new();
+        loop {
+            match frames.next(&mut rd).await {
+                Ok(Decoded::Frame(f)) => got.push(f),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(reason) => {
+                    assert_eq!(reason, "peer closed the connection");
+                    break;
+                }
+            }
+        }
+        assert_eq!(got, sent);
+        // The frames that follow a large block and carry one themselves.
+        for i in [2, 3] {
+            let head_end = starts[i] + peer::MAX_BLOCK_HEAD_LEN;
+            let (pos, n) = *rd
+                .reads
+                .iter()
+                .find(|(pos, n)| (*pos..pos + n).contains(&starts[i]))
+                .unwrap();
+            assert!(pos + n <= head_end, "frame {i}: read {pos}+{n} past its head");
+        }
+        // A head-first read takes the whole head in one read.
+        assert!(rd.reads.iter().all(|(_, n)| *n == 0 || *n >= peer::MAX_BLOCK_HEAD_LEN));
+        // After the small frames, reads are large again: the 4k frame's rest came with
+        // the whole 128 KiB block.
+        assert!(rd
+            .reads
+            .iter()
+            .any(|(pos, n)| (starts[5]..starts[6]).contains(pos) && pos + n == end));
     }
 }
