@@ -7,8 +7,7 @@ use hablock_proto::control::{self, ControlError, Request, Response};
 use hablock_proto::peer::{
     auth_mac, block_layout, decode, decode_from, decode_parts, encode, encode_parts, kind_of,
     negotiate, verify_auth_mac, Decoded, Frame, FrameError, Hello, Message, NodeState, HEADER_LEN,
-    MAX_BLOCK_HEAD_LEN,
-    MAX_PAYLOAD,
+    MAX_BLOCK_HEAD_LEN, MAX_PAYLOAD,
 };
 use hablock_proto::types::{DiskState, Role, Uuids};
 use proptest::prelude::*;

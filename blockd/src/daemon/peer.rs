@@ -541,7 +541,10 @@ mod tests {
             data(1 << 20, 1 << 20, 2),
             rs(2 << 20, 256 * 1024, 3),
             data(3 << 20, 1 << 20, 4),
-            Frame { id: 9, msg: Message::Ping },
+            Frame {
+                id: 9,
+                msg: Message::Ping,
+            },
             data(8192, 4096, 5),
             data(4 << 20, 128 * 1024, 6),
         ];
@@ -552,7 +555,11 @@ mod tests {
             peer::encode(f, &mut wire);
         }
         let end = wire.len();
-        let mut rd = RecordingStream { wire, pos: 0, reads: Vec::new() };
+        let mut rd = RecordingStream {
+            wire,
+            pos: 0,
+            reads: Vec::new(),
+        };
         let mut frames = FrameReader::new(&[]);
         let mut got = Vec::new();
         loop {
@@ -574,10 +581,16 @@ mod tests {
                 .iter()
                 .find(|(pos, n)| (*pos..pos + n).contains(&starts[i]))
                 .unwrap();
-            assert!(pos + n <= head_end, "frame {i}: read {pos}+{n} past its head");
+            assert!(
+                pos + n <= head_end,
+                "frame {i}: read {pos}+{n} past its head"
+            );
         }
         // A head-first read takes the whole head in one read.
-        assert!(rd.reads.iter().all(|(_, n)| *n == 0 || *n >= peer::MAX_BLOCK_HEAD_LEN));
+        assert!(rd
+            .reads
+            .iter()
+            .all(|(_, n)| *n == 0 || *n >= peer::MAX_BLOCK_HEAD_LEN));
         // After the small frames, reads are large again: the 4k frame's rest came with
         // the whole 128 KiB block.
         assert!(rd
