@@ -361,13 +361,14 @@ impl FrameReader {
         let protocol = |e: peer::FrameError| format!("protocol error: {e}");
         let buf = &mut self.buf;
         loop {
-            let layout = peer::block_layout(buf).map_err(protocol)?;
-            let large = layout.filter(|l| l.block_len >= ALIGNED_BLOCK_MIN);
             if let Some(decoded) = peer::decode_from(buf).map_err(protocol)? {
-                self.after_large_block = large.is_some();
+                self.after_large_block = carries_large_block(&decoded);
                 return Ok(decoded);
             }
-            if let Some(layout) = large.filter(|l| buf.len() >= l.head_len) {
+            let layout = peer::block_layout(buf).map_err(protocol)?;
+            if let Some(layout) =
+                layout.filter(|l| l.block_len >= ALIGNED_BLOCK_MIN && buf.len() >= l.head_len)
+            {
                 let head = buf.split_to(layout.head_len);
                 let block = read_aligned_block(rd, buf, layout.block_len).await?;
                 self.after_large_block = true;
@@ -383,6 +384,17 @@ impl FrameReader {
             buf.reserve(READ_CHUNK);
             read_some(rd, buf).await?;
         }
+    }
+}
+
+/// `decoded` is a data frame whose block is large enough for aligned memory of its own.
+fn carries_large_block(decoded: &Decoded) -> bool {
+    match decoded {
+        Decoded::Frame(Frame {
+            msg: Message::Data { payload, .. } | Message::RsData { payload, .. },
+            ..
+        }) => payload.len() >= ALIGNED_BLOCK_MIN,
+        _ => false,
     }
 }
 
@@ -500,6 +512,7 @@ mod tests {
         assert_eq!(frames[2], data(4096, 4096, 2));
         reader.await.unwrap();
     }
+
     /// A stream source that has everything available at once and records each read:
     /// where in the stream it started and how many bytes it delivered.
     struct RecordingStream {
@@ -514,10 +527,10 @@ mod tests {
             _: &mut std::task::Context<'_>,
             buf: &mut tokio::io::ReadBuf<'_>,
         ) -> std::task::Poll<std::io::Result<()>> {
-            let n = buf.remaining().min(self.wire.len() - self.pos);
-            let (pos, this) = (self.pos, &mut *self);
-            buf.put_slice(&this.wire[pos..pos + n]);
-            this.reads.push((pos, n));
+            let this = &mut *self;
+            let n = buf.remaining().min(this.wire.len() - this.pos);
+            buf.put_slice(&this.wire[this.pos..this.pos + n]);
+            this.reads.push((this.pos, n));
             this.pos += n;
             std::task::Poll::Ready(Ok(()))
         }
