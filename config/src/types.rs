@@ -267,6 +267,60 @@ pub struct ResourceConfig {
     pub ublk_depth: u16,
 }
 
+impl ResourceConfig {
+    /// The keys whose values differ between `self` and `other`, in file order (for a
+    /// reload: which changes a running daemon can take and which need a restart).
+    pub fn changed_keys(&self, other: &ResourceConfig) -> Vec<&'static str> {
+        // Destructured, so that a new field cannot be forgotten here.
+        let ResourceConfig {
+            port,
+            backing,
+            metadata,
+            protocol,
+            ublk_id,
+            nbd_socket,
+            resync_rate,
+            verify_alg,
+            after_sb_0pri,
+            after_sb_1pri,
+            after_sb_2pri,
+            ping_interval,
+            peer_timeout,
+            connect_interval,
+            al_extents,
+            ublk_queues,
+            ublk_depth,
+        } = self;
+        let mut changed = Vec::new();
+        let mut check = |key, same: bool| {
+            if !same {
+                changed.push(key);
+            }
+        };
+        check("port", *port == other.port);
+        check("backing", *backing == other.backing);
+        check("metadata", *metadata == other.metadata);
+        check("protocol", *protocol == other.protocol);
+        check("ublk_id", *ublk_id == other.ublk_id);
+        check("nbd_socket", *nbd_socket == other.nbd_socket);
+        check("resync_rate", *resync_rate == other.resync_rate);
+        check("verify_alg", *verify_alg == other.verify_alg);
+        check("after_sb_0pri", *after_sb_0pri == other.after_sb_0pri);
+        check("after_sb_1pri", *after_sb_1pri == other.after_sb_1pri);
+        check("after_sb_2pri", *after_sb_2pri == other.after_sb_2pri);
+        check("ping_interval", *ping_interval == other.ping_interval);
+        check("peer_timeout", *peer_timeout == other.peer_timeout);
+        check(
+            "connect_interval",
+            *connect_interval == other.connect_interval,
+        );
+        check("al_extents", *al_extents == other.al_extents);
+        check("ublk_queues", *ublk_queues == other.ublk_queues);
+        check("ublk_depth", *ublk_depth == other.ublk_depth);
+        changed
+    }
+}
+
 /// `[groups.NAME]`: resources started in order on one node, stopped in reverse.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

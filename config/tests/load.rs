@@ -218,3 +218,24 @@ fn heartbeat_packet_limits_on_names_and_groups() {
     assert_eq!(key, "groups");
     assert!(msg.contains("at most 8"), "{msg}");
 }
+
+#[test]
+fn changed_keys_names_each_resource_key_that_differs() {
+    let text = example_text();
+    let old = Config::parse_str(&text, "hablock.toml", "master").unwrap();
+    assert!(old.resources["r0"]
+        .changed_keys(&old.resources["r0"])
+        .is_empty());
+    let edited = text
+        .replace("resync_rate = \"100MiB\"", "resync_rate = \"16MiB\"")
+        .replace("port = 7789", "port = 7790")
+        .replace(
+            "after_sb_1pri = \"discard-secondary\"",
+            "after_sb_1pri = \"disconnect\"",
+        );
+    let new = Config::parse_str(&edited, "hablock.toml", "master").unwrap();
+    assert_eq!(
+        old.resources["r0"].changed_keys(&new.resources["r0"]),
+        ["port", "resync_rate", "after_sb_1pri"]
+    );
+}

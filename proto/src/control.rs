@@ -136,7 +136,7 @@ pub fn decode_request(buf: &[u8]) -> Result<Option<(Request, usize)>, ControlErr
                 serde_json::from_slice::<serde_json::Value>(body)
             {
                 if let Some(serde_json::Value::String(cmd)) = map.get("cmd") {
-                    const KNOWN: [&str; 8] = [
+                    const KNOWN: [&str; 9] = [
                         "status",
                         "primary",
                         "secondary",
@@ -145,6 +145,7 @@ pub fn decode_request(buf: &[u8]) -> Result<Option<(Request, usize)>, ControlErr
                         "verify",
                         "invalidate",
                         "events",
+                        "reload",
                     ];
                     if !KNOWN.contains(&cmd.as_str()) {
                         return Err(ControlError::UnknownCommand(cmd.clone()));
@@ -214,6 +215,9 @@ pub enum Request {
     },
     /// Subscribe: the connection then carries [`Response::Event`]s until closed.
     Events,
+    /// Read the configuration file again and apply what a running daemon can change
+    /// (answered with [`Response::Reloaded`], or `Refused` naming what needs a restart).
+    Reload,
 }
 
 /// A reply from blockd.
@@ -240,6 +244,15 @@ pub enum Response {
     Status(StatusReport),
     /// One event (on an `events` subscription).
     Event(Event),
+    /// The configuration was read again and applied.
+    Reloaded {
+        /// The file that was read.
+        config: String,
+        /// What changed, one line each (`r0: resync_rate 104857600 -> 16777216`); empty
+        /// when nothing did.
+        #[serde(default)]
+        changes: Vec<String>,
+    },
 }
 
 /// `blockctl status --json` prints this object.

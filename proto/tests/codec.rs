@@ -124,6 +124,28 @@ fn control_golden_vectors() {
     );
 }
 
+#[test]
+fn control_reload_bodies() {
+    let req = frame_with_body(br#"{"cmd":"reload"}"#);
+    assert_eq!(control::encode_request(&Request::Reload), req);
+    assert_eq!(
+        control::decode_request(&req).unwrap().unwrap(),
+        (Request::Reload, req.len())
+    );
+    let resp = Response::Reloaded {
+        config: "/etc/hablock/hablock.toml".into(),
+        changes: vec!["r0: resync_rate 100.0 MiB/s -> 16.0 MiB/s".into()],
+    };
+    let bytes = frame_with_body(
+        br#"{"reply":"reloaded","config":"/etc/hablock/hablock.toml","changes":["r0: resync_rate 100.0 MiB/s -> 16.0 MiB/s"]}"#,
+    );
+    assert_eq!(control::encode_response(&resp), bytes);
+    assert_eq!(
+        control::decode_response(&bytes).unwrap().unwrap(),
+        (resp, bytes.len())
+    );
+}
+
 fn frame_with_body(body: &[u8]) -> Vec<u8> {
     let mut out = b"HBC1".to_vec();
     out.extend_from_slice(&1u16.to_le_bytes());

@@ -78,6 +78,10 @@ enum Cmd {
         /// Resource name.
         resource: String,
     },
+    /// Make blockd read its configuration file again: it applies each resource's
+    /// `resync_rate` and `after_sb_*` policies, and refuses (changing nothing) a file
+    /// that changes anything else, naming what needs a restart.
+    Reload,
     /// Print state changes as they happen.
     Events {
         /// Print JSON lines.
@@ -150,6 +154,24 @@ fn run(args: Args) -> Result<(), Failure> {
         Cmd::Invalidate { resource } => simple(Request::Invalidate { resource }),
         Cmd::Verify { resource, wait } => verify(&sock, resource, wait),
         Cmd::Events { json } => events(&sock, json),
+        Cmd::Reload => reload(&sock),
+    }
+}
+
+fn reload(sock: &std::path::Path) -> Result<(), Failure> {
+    let mut c = Client::connect(sock)?;
+    match c.call(&Request::Reload)? {
+        Response::Reloaded { config, changes } if changes.is_empty() => {
+            out(&format!("reloaded {config}: no change for blockd\n"))
+        }
+        Response::Reloaded { config, changes } => out(&format!(
+            "reloaded {config}:\n{}",
+            changes
+                .iter()
+                .map(|c| format!("  {c}\n"))
+                .collect::<String>()
+        )),
+        other => expect_ok(other),
     }
 }
 

@@ -2,11 +2,13 @@
 //! [`Response`]s (see [`hablock_proto::control`] for the framing). The socket lives in
 //! the run directory with mode 0600: only root may steer the daemon.
 
+use super::reload::Reloader;
 use super::resource::ResourceMsg;
 use crate::engine::{Command, CommandResult};
 use hablock_proto::control::{self, ControlError, Event, Request, Response, StatusReport};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -19,6 +21,8 @@ pub struct ControlState {
     pub resources: BTreeMap<String, mpsc::Sender<ResourceMsg>>,
     /// The event stream.
     pub events: broadcast::Sender<Event>,
+    /// Reloads the configuration.
+    pub reloader: Arc<Reloader>,
 }
 
 /// Creates the socket (0600) at `path`.
@@ -129,6 +133,7 @@ fn unknown(state: &ControlState, name: &str) -> Response {
 async fn dispatch(state: &ControlState, request: Request) -> Response {
     let (name, cmd) = match request {
         Request::Status { resource } => return status(state, resource).await,
+        Request::Reload => return state.reloader.reload().await,
         Request::Events => {
             return Response::BadRequest {
                 message: "events handled elsewhere".into(),

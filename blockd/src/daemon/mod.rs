@@ -5,6 +5,7 @@
 pub mod control;
 pub mod io;
 pub mod peer;
+pub mod reload;
 pub mod resource;
 pub mod sender;
 pub mod ublk;
@@ -149,14 +150,22 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         inboxes.insert(name.clone(), tx);
     }
 
+    let reloader = Arc::new(reload::Reloader::new(
+        opts.config.clone(),
+        opts.node.clone(),
+        cfg.clone(),
+        inboxes.clone(),
+    ));
     let listener = control::bind(&sock).with_context(|| format!("creating {}", sock.display()))?;
     tokio::spawn(control::serve(
         listener,
         control::ControlState {
             resources: inboxes.clone(),
             events,
+            reloader: reloader.clone(),
         },
     ));
+    tokio::spawn(reload_on_sighup(reloader));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut watchdog_usec = 0;
     if sd_notify::watchdog_enabled(false, &mut watchdog_usec) {
@@ -232,6 +241,22 @@ async fn ping_watchdog(
         if healthy {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         }
+    }
+}
+
+/// Reloads the configuration on each SIGHUP (the outcome goes to the log).
+async fn reload_on_sighup(reloader: Arc<reload::Reloader>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot watch SIGHUP, reload with `blockctl reload` only: {e}");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        info!("SIGHUP: reloading the configuration");
+        reloader.reload().await;
     }
 }
 

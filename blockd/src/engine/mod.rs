@@ -120,6 +120,19 @@ pub enum Command {
     Verify,
     /// Resync all local data from the peer.
     Invalidate,
+    /// Take new settings from a reloaded configuration (any role, any state).
+    Tune(Tunables),
+}
+
+/// The settings a running engine takes from a reloaded configuration; the rest of
+/// [`EngineConfig`] is fixed for the engine's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunables {
+    /// Resync and verify rate limit, bytes per second (a running resync or verify
+    /// changes pace at the next tick).
+    pub resync_rate_bps: u64,
+    /// Split-brain policies (used at the next state exchange).
+    pub policy: SplitBrainPolicy,
 }
 
 /// What happened to a command.
@@ -523,6 +536,7 @@ impl Engine {
             Command::Disconnect => self.cmd_disconnect(),
             Command::Verify => self.cmd_verify(),
             Command::Invalidate => self.cmd_invalidate(),
+            Command::Tune(t) => self.cmd_tune(t),
         };
         self.pump();
         r
@@ -1334,6 +1348,21 @@ impl Engine {
         self.set_conn(Conn::StandAlone {
             reason: Some("disconnected by the operator".into()),
         });
+        CommandResult::Ok(vec![])
+    }
+
+    fn cmd_tune(&mut self, t: Tunables) -> CommandResult {
+        if t.resync_rate_bps == 0 {
+            return CommandResult::Refused("a resync rate of 0 would never finish".into());
+        }
+        if t.resync_rate_bps != self.cfg.resync_rate_bps {
+            info!(resource = %self.cfg.resource, old = self.cfg.resync_rate_bps, new = t.resync_rate_bps, "resync rate changed");
+        }
+        if t.policy != self.cfg.policy {
+            info!(resource = %self.cfg.resource, old = ?self.cfg.policy, new = ?t.policy, "split-brain policy changed");
+        }
+        self.cfg.resync_rate_bps = t.resync_rate_bps;
+        self.cfg.policy = t.policy;
         CommandResult::Ok(vec![])
     }
 

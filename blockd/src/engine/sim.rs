@@ -491,6 +491,51 @@ fn a_target_that_crashes_mid_resync_resumes_where_it_stopped() {
 }
 
 #[test]
+fn a_reloaded_resync_rate_paces_the_running_resync() {
+    let mut c = Cluster::synced(default_policy());
+    c.a.engine.cfg.resync_rate_bps = 1 << 20;
+    c.cut();
+    for block in 0..SIZE / BLOCK_BYTES {
+        c.write('a', block * BLOCK_BYTES, 0x5a, BLOCK_BYTES as usize);
+    }
+    c.settle();
+    let before = c.a.engine.status().resynced_bytes;
+    c.heal();
+    c.run_for(1000);
+    let slow = c.a.engine.status().resynced_bytes - before;
+    assert!(slow < SIZE / 2, "at 1 MiB/s: {slow} bytes in a second");
+    // Four times the rate, and the other policies: the resync speeds up at once.
+    let faster = Tunables {
+        resync_rate_bps: 4 << 20,
+        policy: SplitBrainPolicy {
+            zero_primaries: AfterSb0Pri::DiscardZeroChanges,
+            ..default_policy()
+        },
+    };
+    assert_eq!(c.cmd('a', Command::Tune(faster)), CommandResult::Ok(vec![]));
+    assert_eq!(c.a.engine.cfg.policy, faster.policy);
+    let mark = c.a.engine.status().resynced_bytes;
+    c.run_for(500);
+    let fast = c.a.engine.status().resynced_bytes - mark;
+    assert!(
+        fast > slow,
+        "after the reload half a second copied {fast} bytes, a second before it {slow}"
+    );
+    c.settle();
+    assert_eq!(c.a.disk, c.b.disk);
+    // A rate of zero would stall the resync forever: refused, the rate stays.
+    let stall = Tunables {
+        resync_rate_bps: 0,
+        ..faster
+    };
+    assert!(matches!(
+        c.cmd('a', Command::Tune(stall)),
+        CommandResult::Refused(_)
+    ));
+    assert_eq!(c.a.engine.cfg.resync_rate_bps, 4 << 20);
+}
+
+#[test]
 fn write_completes_only_after_both_nodes_have_it() {
     let mut c = Cluster::synced(default_policy());
     let req = c.write('a', 8192, 0xab, 4096);
