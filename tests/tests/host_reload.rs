@@ -42,7 +42,7 @@ fn reload_applies_the_resync_rate_and_policies_and_refuses_what_needs_a_restart(
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("resources.r0.port need a restart of blockd"),
+        stderr.contains("resources.r0.port needs a restart of blockd"),
         "{stderr}"
     );
     std::thread::sleep(Duration::from_secs(2));

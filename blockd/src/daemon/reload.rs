@@ -79,8 +79,9 @@ pub fn plan(running: &Config, new: &Config, node: &str) -> Result<Plan, String> 
     if restart.is_empty() {
         Ok(plan)
     } else {
+        let verb = if restart.len() == 1 { "needs" } else { "need" };
         Err(format!(
-            "not reloaded, nothing changed: {} need a restart of blockd",
+            "not reloaded, nothing changed: {} {verb} a restart of blockd",
             restart.join(", ")
         ))
     }
