@@ -209,6 +209,17 @@ impl Membership {
         }
     }
 
+    /// Takes the timings of a reloaded configuration at `now`: a silence under way is
+    /// judged by the new `warntime`, `deadtime` and `initdead` from the next tick on,
+    /// and the next heartbeat goes out within the new `keepalive`.
+    pub fn set_timing(&mut self, config: &HeartbeatConfig, now: Instant) {
+        self.keepalive = config.keepalive;
+        self.warntime = config.warntime;
+        self.deadtime = config.deadtime;
+        self.initdead = config.initdead;
+        self.next_send = self.next_send.min(now + self.keepalive);
+    }
+
     /// An authenticated heartbeat from the peer arrived on `link` (the daemon has
     /// checked the MAC, the cluster id and the sender's name).
     pub fn on_heartbeat(

@@ -358,3 +358,27 @@ fn sequencer_counts_per_link() {
     assert_eq!(s.next(2), None);
     assert!(boot_generation(1_001, 0) > boot_generation(1_000, u16::MAX));
 }
+
+#[test]
+fn reloaded_timings_apply_to_a_silence_under_way_and_to_the_pace() {
+    let (mut m, c) = setup(1);
+    m.on_tick(c.at(0));
+    m.on_heartbeat(0, &hb(0, 1, 1), c.at(0)).unwrap();
+    // Silent from 0; at 1 s the deadtime drops from 3 s to 1.5 s and the keepalive
+    // from 500 ms to 200 ms.
+    assert!(run(&mut m, &c, 100, 1000).is_empty());
+    let faster = HeartbeatConfig {
+        keepalive: Duration::from_millis(200),
+        warntime: Duration::from_secs(1),
+        deadtime: Duration::from_millis(1500),
+        ..cfg()
+    };
+    m.set_timing(&faster, c.at(1000));
+    let events = run(&mut m, &c, 1100, 2000);
+    assert!(events.contains(&(1500, PeerDead)), "{events:?}");
+    let sends = (2100..=3000)
+        .step_by(100)
+        .filter(|t| m.on_tick(c.at(*t)).contains(&SendHeartbeats))
+        .count();
+    assert_eq!(sends, 5, "one heartbeat every 200 ms");
+}

@@ -27,7 +27,7 @@ pub struct Config {
 }
 
 /// `[cluster]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Cluster name (required).
@@ -38,7 +38,7 @@ pub struct ClusterConfig {
 }
 
 /// `[nodes.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Replication link address (required).
@@ -78,6 +78,39 @@ pub struct HeartbeatConfig {
     /// means fenced; anything else refuses the takeover. May contain `{node}`, and
     /// `{peer}` which clusterd replaces with the peer's name when it runs it.
     pub fence: Option<String>,
+}
+
+impl HeartbeatConfig {
+    /// The keys whose values differ between `self` and `other`, in file order (for a
+    /// reload: which changes a running clusterd can take and which need a restart).
+    pub fn changed_keys(&self, other: &HeartbeatConfig) -> Vec<&'static str> {
+        // Destructured, so that a new field cannot be forgotten here.
+        let HeartbeatConfig {
+            port,
+            keepalive,
+            warntime,
+            deadtime,
+            initdead,
+            auto_failback,
+            ping,
+            fence,
+        } = self;
+        let mut changed = Vec::new();
+        let mut check = |key, same: bool| {
+            if !same {
+                changed.push(key);
+            }
+        };
+        check("port", *port == other.port);
+        check("keepalive", *keepalive == other.keepalive);
+        check("warntime", *warntime == other.warntime);
+        check("deadtime", *deadtime == other.deadtime);
+        check("initdead", *initdead == other.initdead);
+        check("auto_failback", *auto_failback == other.auto_failback);
+        check("ping", *ping == other.ping);
+        check("fence", *fence == other.fence);
+        changed
+    }
 }
 
 impl Default for HeartbeatConfig {
@@ -322,7 +355,7 @@ impl ResourceConfig {
 }
 
 /// `[groups.NAME]`: resources started in order on one node, stopped in reverse.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
     /// The node the group runs on when both are up (default: none).
@@ -343,7 +376,7 @@ fn default_arp_interval() -> Duration {
 }
 
 /// One resource of a group, tagged by `type`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum GroupResource {
     /// Promote/demote a block resource through blockd.

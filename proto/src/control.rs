@@ -345,7 +345,7 @@ pub struct Event {
 // [`ClusterResponse`] (tagged by `"reply"`). Same version policy.
 
 /// The commands clusterd knows, for telling a newer client's command from garbage.
-const CLUSTER_COMMANDS: [&str; 5] = ["status", "standby", "online", "move", "events"];
+const CLUSTER_COMMANDS: [&str; 6] = ["status", "standby", "online", "move", "events", "reload"];
 
 /// A request from `clusterctl` to `clusterd`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,6 +375,10 @@ pub enum ClusterRequest {
     },
     /// Subscribe: the connection then carries [`ClusterResponse::Event`]s until closed.
     Events,
+    /// Read the configuration file again and apply what a running clusterd can change
+    /// (answered with [`ClusterResponse::Reloaded`], or `Refused` naming what needs a
+    /// restart).
+    Reload,
 }
 
 /// A reply from clusterd.
@@ -401,6 +405,15 @@ pub enum ClusterResponse {
     Status(ClusterStatus),
     /// One event (on an `events` subscription).
     Event(ClusterEvent),
+    /// The configuration was read again and applied.
+    Reloaded {
+        /// The file that was read.
+        config: String,
+        /// What changed, one line each (`heartbeat.deadtime 3s -> 5s`); empty when
+        /// nothing did.
+        #[serde(default)]
+        changes: Vec<String>,
+    },
 }
 
 /// `clusterctl status --json` prints this object (the pinned fields of DESIGN.md and

@@ -88,3 +88,28 @@ fn cluster_unknown_fields_commands_and_garbage() {
         Err(ControlError::BadChecksum)
     );
 }
+
+#[test]
+fn cluster_reload_bodies() {
+    let req = frame_with_body(br#"{"cmd":"reload"}"#);
+    assert_eq!(
+        control::encode_cluster_request(&ClusterRequest::Reload),
+        req
+    );
+    assert_eq!(
+        control::decode_cluster_request(&req).unwrap().unwrap(),
+        (ClusterRequest::Reload, req.len())
+    );
+    let resp = ClusterResponse::Reloaded {
+        config: "/etc/hablock/hablock.toml".into(),
+        changes: vec!["heartbeat.deadtime 3s -> 5s".into()],
+    };
+    let bytes = frame_with_body(
+        br#"{"reply":"reloaded","config":"/etc/hablock/hablock.toml","changes":["heartbeat.deadtime 3s -> 5s"]}"#,
+    );
+    assert_eq!(control::encode_cluster_response(&resp), bytes);
+    assert_eq!(
+        control::decode_cluster_response(&bytes).unwrap().unwrap(),
+        (resp, bytes.len())
+    );
+}

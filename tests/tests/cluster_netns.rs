@@ -127,6 +127,67 @@ fn returning_master_leaves_the_group_without_auto_failback() {
     master_returns(false);
 }
 
+/// Replaces `from` by `to` in the lab's config file (both nodes read it).
+fn edit_config(lab: &Lab, from: &str, to: &str) {
+    let text = std::fs::read_to_string(&lab.config).unwrap();
+    assert!(text.contains(from), "no {from:?} in the config");
+    std::fs::write(&lab.config, text.replace(from, to)).unwrap();
+}
+
+/// Turning auto_failback on in the file and reloading (`clusterctl reload`, what
+/// `systemctl reload clusterd` runs, on the master; SIGHUP on the slave) brings the
+/// group back to its preferred node with no daemon restarted; a change to the group
+/// is refused as a whole, naming it, and changes nothing.
+#[test]
+fn reload_applies_auto_failback_without_a_restart_and_refuses_a_group_change() {
+    let opts = LabOptions {
+        auto_failback: false,
+        ..LabOptions::default()
+    };
+    let lab = Lab::running(opts, MASTER).unwrap();
+    let pids = [MASTER, SLAVE].map(|n| lab.pid(n, "clusterd").unwrap());
+    lab.ctl_ok("clusterctl", MASTER, &["standby"]).unwrap();
+    lab.wait_group(SLAVE, SLAVE, T).unwrap();
+    lab.ctl_ok("clusterctl", MASTER, &["online"]).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    lab.wait_group(MASTER, SLAVE, T).unwrap();
+
+    edit_config(&lab, "auto_failback = false", "auto_failback = true");
+    edit_config(&lab, "arp_count = 5", "arp_count = 3");
+    let out = lab.ctl("clusterctl", MASTER, &["reload"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("groups.web needs a restart of clusterd"),
+        "{stderr}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    lab.wait_group(MASTER, SLAVE, T).unwrap();
+
+    edit_config(&lab, "arp_count = 3", "arp_count = 5");
+    let slave = nix::unistd::Pid::from_raw(pids[1] as i32);
+    nix::sys::signal::kill(slave, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let said = lab.ctl_ok("clusterctl", MASTER, &["reload"]).unwrap();
+    assert!(
+        said.contains("heartbeat.auto_failback false -> true"),
+        "{said}"
+    );
+    lab.wait_group(MASTER, MASTER, Duration::from_secs(40))
+        .unwrap();
+    lab.wait_group(SLAVE, MASTER, T).unwrap();
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+    let log = std::fs::read_to_string(lab.log(SLAVE, "clusterd")).unwrap();
+    assert!(
+        log.contains("configuration reloaded: heartbeat.auto_failback false -> true"),
+        "the slave's log: {log}"
+    );
+    assert_eq!(
+        [MASTER, SLAVE].map(|n| lab.pid(n, "clusterd").unwrap()),
+        pids,
+        "a clusterd restarted"
+    );
+}
+
 #[test]
 fn clusterd_killed_and_restarted_readopts_the_running_group() {
     let mut lab = Lab::running(LabOptions::default(), MASTER).unwrap();

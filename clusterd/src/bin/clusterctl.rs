@@ -46,6 +46,10 @@ enum Cmd {
         /// Node name.
         node: String,
     },
+    /// Make clusterd read its configuration file again: it applies the [heartbeat]
+    /// timings, auto_failback and fence, and refuses (changing nothing) a file that
+    /// changes anything else, naming what needs a restart.
+    Reload,
     /// Follow the cluster's events.
     Events {
         /// Print JSON, one object per line.
@@ -146,6 +150,7 @@ fn run(args: Args) -> Result<(), Failure> {
         Cmd::Standby { node } => ClusterRequest::Standby { node },
         Cmd::Online { node } => ClusterRequest::Online { node },
         Cmd::Move { group, node } => ClusterRequest::Move { group, node },
+        Cmd::Reload => ClusterRequest::Reload,
     };
     let mut c = Conn::open(&sock)?;
     c.stream
@@ -157,6 +162,16 @@ fn run(args: Args) -> Result<(), Failure> {
 
 fn expect_ok(r: ClusterResponse) -> Result<(), Failure> {
     match r {
+        ClusterResponse::Reloaded { config, changes } if changes.is_empty() => {
+            out(&format!("reloaded {config}: no change for clusterd\n"))
+        }
+        ClusterResponse::Reloaded { config, changes } => out(&format!(
+            "reloaded {config}:\n{}",
+            changes
+                .iter()
+                .map(|c| format!("  {c}\n"))
+                .collect::<String>()
+        )),
         ClusterResponse::Ok { warnings } => {
             for w in warnings {
                 eprintln!("clusterctl: warning: {w}");

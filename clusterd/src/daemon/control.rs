@@ -4,9 +4,11 @@
 //! event stream. A malformed request is answered with `bad-request` and logged; the
 //! daemon carries on.
 
+use super::reload::ReloadSource;
 use super::runner::Msg;
 use hablock_proto::control::{self, ClusterEvent, ClusterRequest, ClusterResponse, ControlError};
 use std::path::Path;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -26,14 +28,16 @@ pub async fn serve(
     listener: UnixListener,
     runner: mpsc::Sender<Msg>,
     events: broadcast::Sender<ClusterEvent>,
+    source: Arc<ReloadSource>,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let runner = runner.clone();
                 let events = events.clone();
+                let source = source.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, runner, events).await {
+                    if let Err(e) = serve_connection(stream, runner, events, &source).await {
                         debug!("control connection: {e}");
                     }
                 });
@@ -54,6 +58,7 @@ async fn serve_connection(
     mut stream: UnixStream,
     runner: mpsc::Sender<Msg>,
     events: broadcast::Sender<ClusterEvent>,
+    source: &ReloadSource,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     loop {
@@ -94,14 +99,15 @@ async fn serve_connection(
             return stream_events(stream, events.subscribe()).await;
         }
         let (tx, rx) = oneshot::channel();
-        let response = if runner
-            .send(Msg::Control {
+        let msg = if request == ClusterRequest::Reload {
+            source.message(Some(tx))
+        } else {
+            Msg::Control {
                 req: request,
                 reply: tx,
-            })
-            .await
-            .is_err()
-        {
+            }
+        };
+        let response = if runner.send(msg).await.is_err() {
             ClusterResponse::Refused {
                 message: "clusterd is shutting down".into(),
             }

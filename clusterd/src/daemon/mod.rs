@@ -13,6 +13,7 @@
 
 pub mod control;
 pub mod links;
+pub mod reload;
 pub mod resources;
 pub mod runner;
 
@@ -221,7 +222,13 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     );
 
     let listener = control::bind(&sock).with_context(|| format!("creating {}", sock.display()))?;
-    tokio::spawn(control::serve(listener, tx.clone(), events).instrument(node_span.clone()));
+    let source = Arc::new(reload::ReloadSource {
+        path: opts.config.clone(),
+        node: me.clone(),
+    });
+    tokio::spawn(
+        control::serve(listener, tx.clone(), events, source.clone()).instrument(node_span.clone()),
+    );
     {
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -229,6 +236,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             let _ = tx.send(Msg::Shutdown).await;
         });
     }
+    tokio::spawn(reload_on_sighup(source, tx.clone()).instrument(node_span.clone()));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     info!(node = %me, peer = %peer, socket = %sock.display(), "clusterd ready");
     drop(tx);
@@ -269,6 +277,24 @@ async fn ping_loop(targets: Vec<std::net::IpAddr>, every: Duration, tx: mpsc::Se
             return;
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+/// Reloads the configuration on each SIGHUP (the outcome goes to the log).
+async fn reload_on_sighup(source: Arc<reload::ReloadSource>, tx: mpsc::Sender<Msg>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot watch SIGHUP, reload with `clusterctl reload` only: {e}");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        info!("SIGHUP: reloading the configuration");
+        if tx.send(source.message(None)).await.is_err() {
+            return;
+        }
     }
 }
 

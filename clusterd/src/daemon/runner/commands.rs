@@ -2,16 +2,49 @@
 //! node) and the status report.
 
 use super::{Goal, Runner};
+use crate::daemon::reload;
 use crate::group::{GroupInput, GroupState};
 use crate::membership::{LinkState, PeerLiveness};
+use hablock_config::Config;
 use hablock_proto::control::{
     ClusterRequest, ClusterResponse, ClusterStatus, GroupResourceStatus, GroupStatus, LinkInfo,
     NodeStatus,
 };
 use std::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 impl Runner {
+    /// Applies a configuration read again (see [`crate::daemon::reload`]): `Reloaded`
+    /// with what changed, or `Refused` with nothing applied. The outcome is logged.
+    pub(super) fn reload(
+        &mut self,
+        config: &str,
+        loaded: Result<Box<Config>, String>,
+        now: Instant,
+    ) -> ClusterResponse {
+        let planned = loaded.and_then(|new| reload::plan(&self.cfg, &new).map(|c| (new, c)));
+        let (new, changes) = match planned {
+            Ok(p) => p,
+            Err(message) => {
+                warn!(config, "{message}");
+                return ClusterResponse::Refused { message };
+            }
+        };
+        self.membership.set_timing(&new.heartbeat, now);
+        self.cfg = *new;
+        if changes.is_empty() {
+            info!(config, "configuration reloaded: no change for clusterd");
+        }
+        for change in &changes {
+            info!(config, "configuration reloaded: {change}");
+            self.event("reload", None, change.clone());
+        }
+        ClusterResponse::Reloaded {
+            config: config.to_string(),
+            changes,
+        }
+    }
+
     pub(super) fn known_node(&self, node: &str) -> bool {
         node == self.me || node == self.peer
     }
@@ -21,8 +54,8 @@ impl Runner {
         let ok = ClusterResponse::Ok { warnings: vec![] };
         match req {
             ClusterRequest::Status => ClusterResponse::Status(self.status(now)),
-            ClusterRequest::Events => ClusterResponse::BadRequest {
-                message: "events handled elsewhere".into(),
+            ClusterRequest::Events | ClusterRequest::Reload => ClusterResponse::BadRequest {
+                message: "handled by the control socket".into(),
             },
             ClusterRequest::Standby { node } | ClusterRequest::Online { node }
                 if node.as_deref().is_some_and(|n| !self.known_node(n)) =>

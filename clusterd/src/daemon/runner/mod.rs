@@ -67,6 +67,15 @@ pub enum Msg {
         /// Where the answer goes.
         reply: oneshot::Sender<ClusterResponse>,
     },
+    /// The configuration file, read again (`clusterctl reload`, SIGHUP).
+    Reload {
+        /// The file's path, for messages.
+        config: String,
+        /// Its new content, or why it does not load.
+        loaded: Result<Box<Config>, String>,
+        /// Where the answer goes (none for SIGHUP: the log is the answer).
+        reply: Option<oneshot::Sender<ClusterResponse>>,
+    },
     /// SIGTERM: stop the groups held here, then exit.
     Shutdown,
 }
@@ -381,6 +390,16 @@ impl Runner {
                     let _ = reply.send(r);
                 }
             },
+            Msg::Reload {
+                config,
+                loaded,
+                reply,
+            } => {
+                let answer = self.reload(&config, loaded, now);
+                if let Some(reply) = reply {
+                    let _ = reply.send(answer);
+                }
+            }
             Msg::Shutdown => {
                 info!(node = %self.me, "SIGTERM: stopping the groups held here");
                 self.shutting_down = true;
