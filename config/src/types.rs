@@ -95,21 +95,16 @@ impl HeartbeatConfig {
             ping,
             fence,
         } = self;
-        let mut changed = Vec::new();
-        let mut check = |key, same: bool| {
-            if !same {
-                changed.push(key);
-            }
-        };
-        check("port", *port == other.port);
-        check("keepalive", *keepalive == other.keepalive);
-        check("warntime", *warntime == other.warntime);
-        check("deadtime", *deadtime == other.deadtime);
-        check("initdead", *initdead == other.initdead);
-        check("auto_failback", *auto_failback == other.auto_failback);
-        check("ping", *ping == other.ping);
-        check("fence", *fence == other.fence);
-        changed
+        differing(&[
+            ("port", *port == other.port),
+            ("keepalive", *keepalive == other.keepalive),
+            ("warntime", *warntime == other.warntime),
+            ("deadtime", *deadtime == other.deadtime),
+            ("initdead", *initdead == other.initdead),
+            ("auto_failback", *auto_failback == other.auto_failback),
+            ("ping", *ping == other.ping),
+            ("fence", *fence == other.fence),
+        ])
     }
 }
 
@@ -126,6 +121,14 @@ impl Default for HeartbeatConfig {
             fence: None,
         }
     }
+}
+
+/// The keys of `(key, unchanged)` pairs whose value changed, in order.
+fn differing(keys: &[(&'static str, bool)]) -> Vec<&'static str> {
+    keys.iter()
+        .filter(|(_, same)| !same)
+        .map(|(key, _)| *key)
+        .collect()
 }
 
 /// Where a resource keeps its metadata.
@@ -324,33 +327,28 @@ impl ResourceConfig {
             ublk_queues,
             ublk_depth,
         } = self;
-        let mut changed = Vec::new();
-        let mut check = |key, same: bool| {
-            if !same {
-                changed.push(key);
-            }
-        };
-        check("port", *port == other.port);
-        check("backing", *backing == other.backing);
-        check("metadata", *metadata == other.metadata);
-        check("protocol", *protocol == other.protocol);
-        check("ublk_id", *ublk_id == other.ublk_id);
-        check("nbd_socket", *nbd_socket == other.nbd_socket);
-        check("resync_rate", *resync_rate == other.resync_rate);
-        check("verify_alg", *verify_alg == other.verify_alg);
-        check("after_sb_0pri", *after_sb_0pri == other.after_sb_0pri);
-        check("after_sb_1pri", *after_sb_1pri == other.after_sb_1pri);
-        check("after_sb_2pri", *after_sb_2pri == other.after_sb_2pri);
-        check("ping_interval", *ping_interval == other.ping_interval);
-        check("peer_timeout", *peer_timeout == other.peer_timeout);
-        check(
-            "connect_interval",
-            *connect_interval == other.connect_interval,
-        );
-        check("al_extents", *al_extents == other.al_extents);
-        check("ublk_queues", *ublk_queues == other.ublk_queues);
-        check("ublk_depth", *ublk_depth == other.ublk_depth);
-        changed
+        differing(&[
+            ("port", *port == other.port),
+            ("backing", *backing == other.backing),
+            ("metadata", *metadata == other.metadata),
+            ("protocol", *protocol == other.protocol),
+            ("ublk_id", *ublk_id == other.ublk_id),
+            ("nbd_socket", *nbd_socket == other.nbd_socket),
+            ("resync_rate", *resync_rate == other.resync_rate),
+            ("verify_alg", *verify_alg == other.verify_alg),
+            ("after_sb_0pri", *after_sb_0pri == other.after_sb_0pri),
+            ("after_sb_1pri", *after_sb_1pri == other.after_sb_1pri),
+            ("after_sb_2pri", *after_sb_2pri == other.after_sb_2pri),
+            ("ping_interval", *ping_interval == other.ping_interval),
+            ("peer_timeout", *peer_timeout == other.peer_timeout),
+            (
+                "connect_interval",
+                *connect_interval == other.connect_interval,
+            ),
+            ("al_extents", *al_extents == other.al_extents),
+            ("ublk_queues", *ublk_queues == other.ublk_queues),
+            ("ublk_depth", *ublk_depth == other.ublk_depth),
+        ])
     }
 }
 

@@ -459,10 +459,11 @@ fn initial_sync_after_forced_promotion() {
     assert_eq!(c.b.engine.status().resynced_bytes, SIZE);
 }
 
-#[test]
-fn a_target_that_crashes_mid_resync_resumes_where_it_stopped() {
+/// A synced pair whose Primary rewrote every block while cut off, healed: the resync
+/// of the whole device starts at 1 MiB/s (well over a second). Returns the Primary's
+/// resynced bytes before it.
+fn resync_everything_slowly() -> (Cluster, u64) {
     let mut c = Cluster::synced(default_policy());
-    // Slow enough that the resync takes well over a second.
     c.a.engine.cfg.resync_rate_bps = 1 << 20;
     c.cut();
     for block in 0..SIZE / BLOCK_BYTES {
@@ -471,6 +472,12 @@ fn a_target_that_crashes_mid_resync_resumes_where_it_stopped() {
     c.settle();
     let before = c.a.engine.status().resynced_bytes;
     c.heal();
+    (c, before)
+}
+
+#[test]
+fn a_target_that_crashes_mid_resync_resumes_where_it_stopped() {
+    let (mut c, before) = resync_everything_slowly();
     c.run_for(2500);
     let partial = c.a.engine.status().resynced_bytes - before;
     assert!(
@@ -492,15 +499,7 @@ fn a_target_that_crashes_mid_resync_resumes_where_it_stopped() {
 
 #[test]
 fn a_reloaded_resync_rate_paces_the_running_resync() {
-    let mut c = Cluster::synced(default_policy());
-    c.a.engine.cfg.resync_rate_bps = 1 << 20;
-    c.cut();
-    for block in 0..SIZE / BLOCK_BYTES {
-        c.write('a', block * BLOCK_BYTES, 0x5a, BLOCK_BYTES as usize);
-    }
-    c.settle();
-    let before = c.a.engine.status().resynced_bytes;
-    c.heal();
+    let (mut c, before) = resync_everything_slowly();
     c.run_for(1000);
     let slow = c.a.engine.status().resynced_bytes - before;
     assert!(slow < SIZE / 2, "at 1 MiB/s: {slow} bytes in a second");

@@ -3,7 +3,8 @@
 //! restart.
 //!
 //! A running clusterd takes the `[heartbeat]` timings (`keepalive`, `warntime`,
-//! `deadtime`, `initdead`: a silence under way is judged by the new ones),
+//! `deadtime`, `initdead`: a silence under way is judged by the new ones; the pace of
+//! the blockd and ping probes, derived from `keepalive` at start, stays),
 //! `auto_failback` and `fence`. Everything else it was started with (the cluster's name
 //! and secret file, the nodes and their heartbeat addresses, the heartbeat port, the
 //! ping targets, the groups) needs a restart, which moves the groups held here: a file
