@@ -451,6 +451,16 @@ pub fn qemu_io(uri: &str, cmds: &[&str]) -> Result<String> {
     Ok(out)
 }
 
+/// Replaces `from` by `to` in the file at `path` (an operator's edit of a config file);
+/// fails the test if `from` is not there.
+pub fn edit_file(path: &Path, from: &str, to: &str) {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    assert!(text.contains(from), "no {from:?} in {}", path.display());
+    if let Err(e) = fs::write(path, text.replace(from, to)) {
+        panic!("writing {}: {e}", path.display());
+    }
+}
+
 /// The first `max` bytes of a file (for logs that may be huge).
 pub fn head(path: &Path, max: usize) -> String {
     use std::io::Read;

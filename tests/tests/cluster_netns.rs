@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use hablock_tests::edit_file;
 use hablock_tests::netns::{pcap_udp_payloads, Lab, LabOptions, HB_PORT, MASTER, SLAVE, VIP};
 use std::time::{Duration, Instant};
 
@@ -127,13 +128,6 @@ fn returning_master_leaves_the_group_without_auto_failback() {
     master_returns(false);
 }
 
-/// Replaces `from` by `to` in the lab's config file (both nodes read it).
-fn edit_config(lab: &Lab, from: &str, to: &str) {
-    let text = std::fs::read_to_string(&lab.config).unwrap();
-    assert!(text.contains(from), "no {from:?} in the config");
-    std::fs::write(&lab.config, text.replace(from, to)).unwrap();
-}
-
 /// Turning auto_failback on in the file and reloading (`clusterctl reload`, what
 /// `systemctl reload clusterd` runs, on the master; SIGHUP on the slave) brings the
 /// group back to its preferred node with no daemon restarted; a change to the group
@@ -152,8 +146,8 @@ fn reload_applies_auto_failback_without_a_restart_and_refuses_a_group_change() {
     std::thread::sleep(Duration::from_secs(2));
     lab.wait_group(MASTER, SLAVE, T).unwrap();
 
-    edit_config(&lab, "auto_failback = false", "auto_failback = true");
-    edit_config(&lab, "arp_count = 5", "arp_count = 3");
+    edit_file(&lab.config, "auto_failback = false", "auto_failback = true");
+    edit_file(&lab.config, "arp_count = 5", "arp_count = 3");
     let out = lab.ctl("clusterctl", MASTER, &["reload"]).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -164,7 +158,7 @@ fn reload_applies_auto_failback_without_a_restart_and_refuses_a_group_change() {
     std::thread::sleep(Duration::from_secs(2));
     lab.wait_group(MASTER, SLAVE, T).unwrap();
 
-    edit_config(&lab, "arp_count = 3", "arp_count = 5");
+    edit_file(&lab.config, "arp_count = 3", "arp_count = 5");
     let slave = nix::unistd::Pid::from_raw(pids[1] as i32);
     nix::sys::signal::kill(slave, nix::sys::signal::Signal::SIGHUP).unwrap();
     let said = lab.ctl_ok("clusterctl", MASTER, &["reload"]).unwrap();

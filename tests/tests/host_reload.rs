@@ -4,17 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use hablock_tests::{Pair, PairOptions, NODES};
+use hablock_tests::{edit_file, Pair, PairOptions, NODES};
 use std::time::{Duration, Instant};
 
 const MASTER: &str = NODES[0];
-
-/// Replaces `from` by `to` in the pair's config file (both nodes read it).
-fn edit(p: &Pair, from: &str, to: &str) {
-    let text = std::fs::read_to_string(&p.config).unwrap();
-    assert!(text.contains(from), "no {from:?} in the config");
-    std::fs::write(&p.config, text.replace(from, to)).unwrap();
-}
 
 #[test]
 fn reload_applies_the_resync_rate_and_policies_and_refuses_what_needs_a_restart() {
@@ -36,8 +29,12 @@ fn reload_applies_the_resync_rate_and_policies_and_refuses_what_needs_a_restart(
         format!("port = {}\n", p.port),
         format!("port = {}\n", p.port + 1),
     );
-    edit(&p, &port, &moved);
-    edit(&p, "resync_rate = \"1MiB\"", "resync_rate = \"1GiB\"");
+    edit_file(&p.config, &port, &moved);
+    edit_file(
+        &p.config,
+        "resync_rate = \"1MiB\"",
+        "resync_rate = \"1GiB\"",
+    );
     let out = p.blockctl(MASTER, &["reload"]).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -53,7 +50,7 @@ fn reload_applies_the_resync_rate_and_policies_and_refuses_what_needs_a_restart(
     );
 
     // The port back, the rate alone, by SIGHUP: the running resync speeds up.
-    edit(&p, &moved, &port);
+    edit_file(&p.config, &moved, &port);
     let pid = nix::unistd::Pid::from_raw(p.pid(MASTER).unwrap());
     let sent = Instant::now();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
@@ -75,8 +72,8 @@ fn reload_applies_the_resync_rate_and_policies_and_refuses_what_needs_a_restart(
     );
 
     // A policy by `blockctl reload`: it says what changed; the same file again, nothing.
-    edit(
-        &p,
+    edit_file(
+        &p.config,
         "after_sb_1pri = \"disconnect\"",
         "after_sb_1pri = \"discard-secondary\"",
     );
@@ -89,7 +86,11 @@ fn reload_applies_the_resync_rate_and_policies_and_refuses_what_needs_a_restart(
     assert!(said.contains("no change for blockd"), "{said}");
 
     // A file that does not load is refused with its line.
-    edit(&p, "resync_rate = \"1GiB\"", "resync_rate = \"fast\"");
+    edit_file(
+        &p.config,
+        "resync_rate = \"1GiB\"",
+        "resync_rate = \"fast\"",
+    );
     let out = p.blockctl(MASTER, &["reload"]).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
