@@ -9,6 +9,7 @@
 //! The structs are the configuration reference: each field's doc states its default.
 
 pub mod cli;
+pub mod reload;
 mod types;
 mod units;
 

@@ -161,16 +161,9 @@ fn run(args: Args) -> Result<(), Failure> {
 fn reload(sock: &std::path::Path) -> Result<(), Failure> {
     let mut c = Client::connect(sock)?;
     match c.call(&Request::Reload)? {
-        Response::Reloaded { config, changes } if changes.is_empty() => {
-            out(&format!("reloaded {config}: no change for blockd\n"))
+        Response::Reloaded { config, changes } => {
+            out(&hablock_config::reload::report(&config, &changes, "blockd"))
         }
-        Response::Reloaded { config, changes } => out(&format!(
-            "reloaded {config}:\n{}",
-            changes
-                .iter()
-                .map(|c| format!("  {c}\n"))
-                .collect::<String>()
-        )),
         other => expect_ok(other),
     }
 }

@@ -79,11 +79,7 @@ pub fn plan(running: &Config, new: &Config, node: &str) -> Result<Plan, String> 
     if restart.is_empty() {
         Ok(plan)
     } else {
-        let verb = if restart.len() == 1 { "needs" } else { "need" };
-        Err(format!(
-            "not reloaded, nothing changed: {} {verb} a restart of blockd",
-            restart.join(", ")
-        ))
+        Err(hablock_config::reload::restart_needed(&restart, "blockd"))
     }
 }
 

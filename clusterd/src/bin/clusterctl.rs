@@ -162,15 +162,8 @@ fn run(args: Args) -> Result<(), Failure> {
 
 fn expect_ok(r: ClusterResponse) -> Result<(), Failure> {
     match r {
-        ClusterResponse::Reloaded { config, changes } if changes.is_empty() => {
-            out(&format!("reloaded {config}: no change for clusterd\n"))
-        }
-        ClusterResponse::Reloaded { config, changes } => out(&format!(
-            "reloaded {config}:\n{}",
-            changes
-                .iter()
-                .map(|c| format!("  {c}\n"))
-                .collect::<String>()
+        ClusterResponse::Reloaded { config, changes } => out(&hablock_config::reload::report(
+            &config, &changes, "clusterd",
         )),
         ClusterResponse::Ok { warnings } => {
             for w in warnings {

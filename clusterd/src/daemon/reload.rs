@@ -14,6 +14,7 @@
 use super::runner::Msg;
 use hablock_config::Config;
 use hablock_proto::control::ClusterResponse;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -67,19 +68,15 @@ pub fn plan(running: &Config, new: &Config) -> Result<Vec<String>, String> {
     let (live, fixed): (Vec<&str>, Vec<&str>) =
         changed.into_iter().partition(|k| RELOADABLE.contains(k));
     restart.extend(fixed.iter().map(|k| format!("heartbeat.{k}")));
-    for name in running.groups.keys().chain(new.groups.keys()) {
-        if running.groups.get(name) != new.groups.get(name)
-            && !restart.contains(&format!("groups.{name}"))
-        {
-            restart.push(format!("groups.{name}"));
-        }
-    }
+    let groups: BTreeSet<&String> = running.groups.keys().chain(new.groups.keys()).collect();
+    restart.extend(
+        groups
+            .into_iter()
+            .filter(|name| running.groups.get(*name) != new.groups.get(*name))
+            .map(|name| format!("groups.{name}")),
+    );
     if !restart.is_empty() {
-        let verb = if restart.len() == 1 { "needs" } else { "need" };
-        return Err(format!(
-            "not reloaded, nothing changed: {} {verb} a restart of clusterd",
-            restart.join(", ")
-        ));
+        return Err(hablock_config::reload::restart_needed(&restart, "clusterd"));
     }
     Ok(live
         .iter()
