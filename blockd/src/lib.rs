@@ -7,10 +7,12 @@
 //! - [`nbd`]: the NBD frontend (fixed-newstyle server on a Unix socket).
 //! - [`daemon`]: the thin shell that runs engines over tokio, files and sockets.
 //! - [`client`]: the control-socket client `blockctl` uses.
+//! - [`check`]: `blockctl check`, what blockd needs from this host, looked at read-only.
 //! - [`cli`]: options shared by the binaries.
 //! - [`aligned`]: page-aligned buffers for O_DIRECT.
 
 pub mod aligned;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod daemon;

@@ -8,13 +8,14 @@
 //!
 //! The structs are the configuration reference: each field's doc states its default.
 
+pub mod check;
 pub mod cli;
 pub mod reload;
 mod types;
 mod units;
 
 pub use types::*;
-pub use units::{parse_duration, parse_size};
+pub use units::{format_size, parse_duration, parse_size};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -434,6 +434,13 @@ pub struct IpPrefix {
     pub prefix_len: u8,
 }
 
+impl std::fmt::Display for IpPrefix {
+    /// As written in the file: `10.213.0.50/24`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
 impl<'de> Deserialize<'de> for IpPrefix {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;

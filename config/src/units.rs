@@ -1,4 +1,5 @@
-//! Durations (`"500ms"`, `"2s"`, humantime syntax) and sizes (`"100MiB"`, `"30M"`).
+//! Durations (`"500ms"`, `"2s"`, humantime syntax) and sizes (`"100MiB"`, `"30M"`),
+//! and sizes shown to people.
 
 use serde::{Deserialize, Deserializer};
 use std::time::Duration;
@@ -32,6 +33,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         _ => return Err(bad()),
     };
     n.checked_mul(mult).ok_or_else(bad)
+}
+
+/// Shows a byte count for people: `512 B`, `1.5 MiB`, `256.0 GiB` (1024-based).
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -6,6 +6,7 @@ use blockd::client::{Client, ClientError};
 use clap::{Parser, Subcommand};
 use hablock_config::cli::blockd_socket as control_socket;
 use hablock_config::cli::CommonOptions;
+use hablock_config::format_size;
 use hablock_proto::control::{Request, ResourceStatus, Response};
 use hablock_proto::types::ConnState;
 use std::process::ExitCode;
@@ -82,6 +83,10 @@ enum Cmd {
     /// `resync_rate` and `after_sb_*` policies, and refuses (changing nothing) a file
     /// that changes anything else, naming what needs a restart.
     Reload,
+    /// Check the configuration and what it asks of this host (the secret, the
+    /// replication address, each resource's backing device, metadata and ublk driver)
+    /// without changing anything; safe while blockd runs. Exit 1 if a problem is found.
+    Check,
     /// Print state changes as they happen.
     Events {
         /// Print JSON lines.
@@ -155,7 +160,15 @@ fn run(args: Args) -> Result<(), Failure> {
         Cmd::Verify { resource, wait } => verify(&sock, resource, wait),
         Cmd::Events { json } => events(&sock, json),
         Cmd::Reload => reload(&sock),
+        Cmd::Check => check(&args.common),
     }
+}
+
+fn check(common: &CommonOptions) -> Result<(), Failure> {
+    let (report, failed) =
+        hablock_config::check::run(common, blockd::check::check).map_err(usage)?;
+    out(&report)?;
+    failed.map_or(Ok(()), |m| Err(refused(m)))
 }
 
 fn reload(sock: &std::path::Path) -> Result<(), Failure> {
@@ -213,7 +226,7 @@ fn create_md(common: &CommonOptions, resource: &str, force: bool) -> Result<(), 
         "{resource}: metadata written ({}); usable size {} bytes ({}), metadata {} bytes\n",
         report.location,
         report.usable_bytes,
-        human_bytes(report.usable_bytes),
+        format_size(report.usable_bytes),
         report.md_bytes
     ))?;
     Ok(())
@@ -251,14 +264,14 @@ fn render_status(r: &ResourceStatus) -> String {
         conn = r.connection,
         disk = r.disk,
         peer_disk = r.peer_disk,
-        size = human_bytes(r.size_bytes),
+        size = format_size(r.size_bytes),
     );
     s += &format!(
         "    node {} peer {}  out-of-sync {}  resynced {}",
         r.node,
         r.peer,
-        human_bytes(r.out_of_sync_bytes),
-        human_bytes(r.resynced_bytes)
+        format_size(r.out_of_sync_bytes),
+        format_size(r.resynced_bytes)
     );
     if r.split_brain {
         s += "  SPLIT BRAIN";
@@ -267,7 +280,7 @@ fn render_status(r: &ResourceStatus) -> String {
     if let Some(p) = r.sync_progress {
         s += &format!("    {}: {:.1}%", r.connection, p * 100.0);
         if let Some(rate) = r.sync_rate_bps {
-            s += &format!("  {}/s", human_bytes(rate));
+            s += &format!("  {}/s", format_size(rate));
         }
         if let Some(eta) = r.sync_eta_s {
             s += &format!("  eta {eta}s");
@@ -277,8 +290,8 @@ fn render_status(r: &ResourceStatus) -> String {
     if let Some(v) = &r.last_verify {
         s += &format!(
             "    last verify: {} out of sync of {}\n",
-            human_bytes(v.out_of_sync_bytes),
-            human_bytes(v.checked_bytes)
+            format_size(v.out_of_sync_bytes),
+            format_size(v.checked_bytes)
         );
     }
     if let Some(why) = &r.standalone_reason {
@@ -288,21 +301,6 @@ fn render_status(r: &ResourceStatus) -> String {
         s += &format!("    devices: {}\n", r.devices.join(" "));
     }
     s
-}
-
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 fn verify(sock: &std::path::Path, resource: String, wait: bool) -> Result<(), Failure> {
@@ -354,7 +352,7 @@ fn verify(sock: &std::path::Path, resource: String, wait: bool) -> Result<(), Fa
                 });
             out(&format!(
                 "{resource}: verify done: {} out of sync ({} bytes)\n",
-                human_bytes(v.out_of_sync_bytes),
+                format_size(v.out_of_sync_bytes),
                 v.out_of_sync_bytes
             ))?;
             if v.out_of_sync_bytes > 0 {

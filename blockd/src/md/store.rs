@@ -119,6 +119,21 @@ impl MdStore {
         }
     }
 
+    /// Opens the area read-only, to look at it (`blockctl check`); a write through it
+    /// fails. Safe while a blockd serves the resource: nothing is locked or changed.
+    pub fn inspect(backing: &Path, loc: &MdLocation) -> Result<MdStore, MdError> {
+        let open = |p: &Path| File::open(p).map_err(|e| MdError::io(p, "open", e));
+        match loc {
+            MdLocation::Internal => {
+                MdStore::open_io(Box::new(open(backing)?), backing, AreaKind::Internal)
+            }
+            MdLocation::External(md) => {
+                let backing_size = device_size(backing)?;
+                MdStore::open_io(Box::new(open(md)?), md, AreaKind::External { backing_size })
+            }
+        }
+    }
+
     /// Names the data device of an external area (`path` is for messages): bitmap
     /// writes that record blocks as in sync flush it first. Without it, the device
     /// holding the area is the one flushed (right for internal metadata).

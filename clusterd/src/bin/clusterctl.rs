@@ -50,6 +50,11 @@ enum Cmd {
     /// timings, auto_failback and fence, and refuses (changing nothing) a file that
     /// changes anything else, naming what needs a restart.
     Reload,
+    /// Check the configuration and what it asks of this host (the secret, heartbeat
+    /// addresses, fence command, each group's mount point, filesystem support, VIP
+    /// interface, service program or unit) without changing anything; safe while
+    /// clusterd runs. Exit 1 if a problem is found.
+    Check,
     /// Follow the cluster's events.
     Events {
         /// Print JSON, one object per line.
@@ -142,11 +147,19 @@ impl Conn {
     }
 }
 
+fn check(common: &CommonOptions) -> Result<(), Failure> {
+    let (report, failed) =
+        hablock_config::check::run(common, clusterd::check::check).map_err(usage)?;
+    out(&report)?;
+    failed.map_or(Ok(()), |m| Err(refused(m)))
+}
+
 fn run(args: Args) -> Result<(), Failure> {
     let sock = control_socket(&args.common.run_dir);
     let req = match args.cmd {
         Cmd::Status { json } => return status(&sock, json),
         Cmd::Events { json } => return events(&sock, json),
+        Cmd::Check => return check(&args.common),
         Cmd::Standby { node } => ClusterRequest::Standby { node },
         Cmd::Online { node } => ClusterRequest::Online { node },
         Cmd::Move { group, node } => ClusterRequest::Move { group, node },

@@ -83,7 +83,7 @@ impl Agent {
             GroupResource::Filesystem { mountpoint, .. } => mountpoint.display().to_string(),
             GroupResource::Vip {
                 address, interface, ..
-            } => format!("{}/{} on {interface}", address.addr, address.prefix_len),
+            } => format!("{address} on {interface}"),
             GroupResource::Service { exec, unit, .. } => {
                 exec.clone().or_else(|| unit.clone()).unwrap_or_default()
             }
