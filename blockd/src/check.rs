@@ -114,13 +114,7 @@ fn ublk(name: &str, id: u32) -> Finding {
             format!("/dev/ublkb{id} while Primary (ublk_drv loaded)"),
         );
     }
-    let loadable = std::process::Command::new("modprobe")
-        .args(["--dry-run", "--quiet", "ublk_drv"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if loadable {
+    if check::module_loadable("ublk_drv") {
         Finding::ok(
             subject,
             format!("/dev/ublkb{id} while Primary (ublk_drv not loaded yet: blockd.service runs `modprobe ublk_drv`)"),

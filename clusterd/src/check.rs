@@ -102,13 +102,7 @@ fn kernel_filesystem(subject: &str, fstype: &str) -> Finding {
     if listed {
         return Finding::ok(subject, format!("the kernel mounts {fstype}"));
     }
-    let loadable = Command::new("modprobe")
-        .args(["--dry-run", "--quiet", fstype])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if loadable {
+    if check::module_loadable(fstype) {
         Finding::ok(
             subject,
             format!("the kernel mounts {fstype} (its module loads at the first mount)"),

@@ -133,6 +133,16 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
         .find(|p| executable(p))
 }
 
+/// Whether `modprobe` would load kernel module `name` (a dry run: nothing is loaded).
+pub fn module_loadable(name: &str) -> bool {
+    std::process::Command::new("modprobe")
+        .args(["--dry-run", "--quiet", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// The program a shell command line starts: its first word that is not a `NAME=value`
 /// assignment. `None` for an empty line.
 pub fn program_of(cmdline: &str) -> Option<&str> {
