@@ -307,6 +307,36 @@ pub struct ResourceStatus {
     /// Why the connection is StandAlone, if it is.
     #[serde(default)]
     pub standalone_reason: Option<String>,
+    /// I/O counters since blockd started and what is in flight now.
+    #[serde(default)]
+    pub statistics: IoStatistics,
+}
+
+/// A resource's I/O counters since blockd started, and what is in flight now: what
+/// DRBD shows as `dr dw ns nr al bm` and `ap pe lo`. Counters only grow; the three
+/// `*_pending` figures are a snapshot (a value that stays up while nothing completes
+/// means stuck I/O).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoStatistics {
+    /// Bytes read from the local backing device (frontend reads, resync and verify).
+    pub disk_read_bytes: u64,
+    /// Bytes written to the local backing device (frontend writes, the peer's writes
+    /// and resync data applied here).
+    pub disk_written_bytes: u64,
+    /// Block data sent to the peer (replicated writes, resync data), payload bytes.
+    pub net_sent_bytes: u64,
+    /// Block data received from the peer, payload bytes.
+    pub net_received_bytes: u64,
+    /// Activity-log updates written (a write entered an extent that was not hot).
+    pub al_writes: u64,
+    /// Writes of the bitmap's dirty pages (while the peer is away, and resync progress).
+    pub bitmap_writes: u64,
+    /// Frontend requests in flight now.
+    pub app_pending: u64,
+    /// Writes and flushes sent to the peer and not acknowledged yet.
+    pub peer_pending: u64,
+    /// Operations on the local backing device in flight now.
+    pub local_pending: u64,
 }
 
 /// Outcome of an online verify.

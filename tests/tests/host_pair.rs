@@ -905,3 +905,53 @@ fn every_acknowledged_write_survives_a_primary_crash() {
         eprintln!("round {round}: {} writes acknowledged, all on the peer ({later_unacked} overwritten by in-flight ones)", acked.len());
     }
 }
+
+/// The I/O counters `blockctl status` shows, after a real client's write and read.
+#[test]
+fn status_counts_the_bytes_of_a_replicated_write_on_both_nodes() {
+    let p = Pair::synced(PairOptions {
+        size_bytes: 16 << 20,
+        ..Default::default()
+    })
+    .unwrap();
+    let stat = |node: &str, key: &str| -> u64 {
+        p.status(node).unwrap()["statistics"][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no statistics.{key} on {node}"))
+    };
+    let keys = [
+        "disk_read_bytes",
+        "disk_written_bytes",
+        "net_sent_bytes",
+        "net_received_bytes",
+    ];
+    let before: Vec<(u64, u64)> = keys
+        .iter()
+        .map(|k| (stat(MASTER, k), stat(SLAVE, k)))
+        .collect();
+    qemu_io(&p.nbd_uri(MASTER), &["write -P 5 0 1M", "read -P 5 0 1M"]).unwrap();
+    let delta = |i: usize| {
+        (
+            stat(MASTER, keys[i]) - before[i].0,
+            stat(SLAVE, keys[i]) - before[i].1,
+        )
+    };
+    const MIB: u64 = 1 << 20;
+    assert!(
+        delta(0).0 >= MIB,
+        "the master read the block back: {:?}",
+        delta(0)
+    );
+    assert_eq!(delta(0).1, 0, "the slave read nothing");
+    assert_eq!(delta(1), (MIB, MIB), "both wrote the block");
+    assert_eq!(delta(2), (MIB, 0), "only the master sent it");
+    assert_eq!(delta(3), (0, MIB), "only the slave received it");
+    for n in NODES {
+        for k in ["app_pending", "peer_pending", "local_pending"] {
+            assert_eq!(stat(n, k), 0, "{k} on {n} with nothing in flight");
+        }
+    }
+    let human = p.blockctl_ok(MASTER, &["status", "r0"]).unwrap();
+    assert!(human.contains("pending: app 0 peer 0 local 0"), "{human}");
+    assert!(human.contains("net sent "), "{human}");
+}

@@ -300,6 +300,20 @@ fn render_status(r: &ResourceStatus) -> String {
     if !r.devices.is_empty() {
         s += &format!("    devices: {}\n", r.devices.join(" "));
     }
+    let io = &r.statistics;
+    s += &format!(
+        "    disk read {} written {}  net sent {} received {}  al {} bm {}\n",
+        format_size(io.disk_read_bytes),
+        format_size(io.disk_written_bytes),
+        format_size(io.net_sent_bytes),
+        format_size(io.net_received_bytes),
+        io.al_writes,
+        io.bitmap_writes,
+    );
+    s += &format!(
+        "    pending: app {} peer {} local {}\n",
+        io.app_pending, io.peer_pending, io.local_pending
+    );
     s
 }
 

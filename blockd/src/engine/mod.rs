@@ -25,7 +25,7 @@ mod sim;
 use crate::md::{ActivityLog, Bitmap, BLOCK_BYTES};
 use bytes::Bytes;
 use decide::{Side, SplitBrainPolicy};
-use hablock_proto::control::{ResourceStatus, VerifyResult};
+use hablock_proto::control::{IoStatistics, ResourceStatus, VerifyResult};
 use hablock_proto::peer::{Frame, Message, NodeState};
 use hablock_proto::types::{DiskState, Role, Uuids};
 use rand::rngs::StdRng;
@@ -393,6 +393,14 @@ enum LockOwner {
     Verify(u64),
 }
 
+/// The block data a frame carries (a replicated write or resync data), in bytes.
+fn block_payload(frame: &Frame) -> u64 {
+    match &frame.msg {
+        Message::Data { payload, .. } | Message::RsData { payload, .. } => payload.len() as u64,
+        _ => 0,
+    }
+}
+
 /// How often a running resync persists its progress.
 const BITMAP_PERSIST_INTERVAL_MS: u64 = 1000;
 
@@ -427,6 +435,9 @@ pub struct Engine {
     state_sync: Option<u64>,
     meter: resync::RateMeter,
     verify: Option<verify::Verify>,
+    /// The counters of [`IoStatistics`] (its `*_pending` fields are filled in by
+    /// [`Engine::status`]).
+    counters: IoStatistics,
     actions: Vec<Action>,
 }
 
@@ -481,6 +492,7 @@ impl Engine {
             state_sync: None,
             meter: resync::RateMeter::default(),
             verify: None,
+            counters: IoStatistics::default(),
             actions: Vec::new(),
             cfg,
         };
@@ -509,6 +521,7 @@ impl Engine {
             Input::PeerConnected { session, features } => self.on_peer_connected(session, features),
             Input::PeerFrame { session, frame } => {
                 if self.conn.session() == Some(session) {
+                    self.counters.net_received_bytes += block_payload(&frame);
                     self.on_frame(frame);
                 }
             }
@@ -542,8 +555,19 @@ impl Engine {
         r
     }
 
-    /// Takes the actions produced so far.
+    /// Takes the actions produced so far (and counts the I/O they ask for).
     pub fn take_actions(&mut self) -> Vec<Action> {
+        let c = &mut self.counters;
+        for a in &self.actions {
+            match a {
+                Action::LocalRead { len, .. } => c.disk_read_bytes += u64::from(*len),
+                Action::LocalWrite { data, .. } => c.disk_written_bytes += data.len() as u64,
+                Action::Send(frame) => c.net_sent_bytes += block_payload(frame),
+                Action::PersistActivityLog(_) => c.al_writes += 1,
+                Action::PersistBitmap => c.bitmap_writes += 1,
+                _ => {}
+            }
+        }
         std::mem::take(&mut self.actions)
     }
 
@@ -605,6 +629,24 @@ impl Engine {
             devices: Vec::new(),
             last_verify: self.last_verify.clone(),
             standalone_reason: self.conn.standalone_reason(),
+            statistics: self.statistics(),
+        }
+    }
+
+    /// The counters with what is in flight now.
+    fn statistics(&self) -> IoStatistics {
+        let app_reads = self
+            .ops
+            .values()
+            .filter(|k| matches!(k, OpKind::AppRead(_)))
+            .count();
+        let peer_pending = self.writes.values().filter(|w| w.peer_pending).count()
+            + self.flushes.values().filter(|f| f.peer_pending).count();
+        IoStatistics {
+            app_pending: (self.writes.len() + self.flushes.len() + app_reads) as u64,
+            peer_pending: peer_pending as u64,
+            local_pending: self.ops.len() as u64,
+            ..self.counters.clone()
         }
     }
 

@@ -554,6 +554,74 @@ fn write_completes_only_after_both_nodes_have_it() {
 }
 
 #[test]
+fn the_statistics_count_each_byte_where_it_went_and_show_what_is_in_flight() {
+    let mut c = Cluster::synced(default_policy());
+    let a0 = c.a.engine.status().statistics;
+    let b0 = c.b.engine.status().statistics;
+    // The initial sync: read on the source, sent, received and written on the target.
+    assert_eq!(a0.disk_read_bytes, SIZE);
+    assert_eq!(a0.net_sent_bytes, SIZE);
+    assert_eq!(b0.net_received_bytes, SIZE);
+    assert_eq!(b0.disk_written_bytes, SIZE);
+    assert_eq!(
+        (a0.app_pending, a0.peer_pending, a0.local_pending),
+        (0, 0, 0)
+    );
+    // Resync progress reached both bitmaps on disk.
+    assert!(
+        a0.bitmap_writes > 0 && b0.bitmap_writes > 0,
+        "{a0:?} {b0:?}"
+    );
+
+    // A replicated write, step by step: pending on the Primary until the peer's ack.
+    let req = c.write('a', 8192, 0xab, 4096);
+    let a = c.a.engine.status().statistics;
+    assert_eq!((a.app_pending, a.peer_pending, a.local_pending), (1, 1, 1));
+    assert_eq!(a.net_sent_bytes - a0.net_sent_bytes, 4096);
+    assert_eq!(a.disk_written_bytes - a0.disk_written_bytes, 4096);
+    assert!(c.complete_io('a'));
+    assert_eq!(c.a.engine.status().statistics.local_pending, 0);
+    assert!(c.deliver('b'));
+    let b = c.b.engine.status().statistics;
+    assert_eq!(b.net_received_bytes - b0.net_received_bytes, 4096);
+    assert_eq!(
+        (
+            b.disk_written_bytes - b0.disk_written_bytes,
+            b.local_pending
+        ),
+        (4096, 1)
+    );
+    assert!(c.complete_io('b'));
+    assert!(c.deliver('a'));
+    assert_eq!(c.outcome('a', req), Some(IoOutcome::Done));
+    let a = c.a.engine.status().statistics;
+    assert_eq!((a.app_pending, a.peer_pending, a.local_pending), (0, 0, 0));
+
+    // A read is local only.
+    let r = c.submit(
+        'a',
+        IoRequest::Read {
+            offset: 8192,
+            len: 4096,
+        },
+    );
+    assert_eq!(c.a.engine.status().statistics.app_pending, 1);
+    c.settle();
+    assert!(matches!(c.outcome('a', r), Some(IoOutcome::Data(_))));
+    let a2 = c.a.engine.status().statistics;
+    assert_eq!(a2.disk_read_bytes - a.disk_read_bytes, 4096);
+    assert_eq!(a2.net_sent_bytes, a.net_sent_bytes);
+
+    // The first write made extent 0 hot (one activity-log update); the next in it
+    // needs none.
+    assert_eq!(a2.al_writes, a0.al_writes + 1);
+    let w = c.write('a', 0, 1, 4096);
+    c.settle();
+    assert_eq!(c.outcome('a', w), Some(IoOutcome::Done));
+    assert_eq!(c.a.engine.status().statistics.al_writes, a2.al_writes);
+}
+
+#[test]
 fn demotion_is_confirmed_once_the_peer_has_seen_it() {
     let mut c = Cluster::synced(default_policy());
     assert!(matches!(
