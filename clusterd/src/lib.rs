@@ -13,10 +13,11 @@
 //! The shell ([`daemon`]) receives and sends heartbeats, runs resource steps (blockd,
 //! mounts, addresses, gratuitous ARP, services) and feeds the results back; [`cli`]
 //! holds what `clusterd` and `clusterctl` share; [`check`] is `clusterctl check`, what clusterd needs from
-//! this host, looked at without changing anything.
+//! this host, looked at without changing anything; [`metrics`] is `clusterctl metrics`.
 
 pub mod check;
 pub mod daemon;
 pub mod group;
 pub mod membership;
+pub mod metrics;
 pub mod policy;

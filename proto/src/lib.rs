@@ -8,9 +8,12 @@
 //! - [`admin`]: the authenticated UDP request that forwards `standby`/`online` to
 //!   the peer.
 //! - [`types`]: the state enums both protocols and the status output share.
+//! - [`metrics`]: the Prometheus text format `blockctl metrics` and `clusterctl metrics`
+//!   print.
 
 pub mod admin;
 pub mod control;
 pub mod heartbeat;
+pub mod metrics;
 pub mod peer;
 pub mod types;

@@ -63,9 +63,17 @@ macro_rules! wire_enum {
                 match v { $($val => Some($ty::$variant),)* _ => None }
             }
         }
+        impl $ty {
+            /// Every value, in wire order.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),*];
+            /// The name shown to people and in JSON.
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => stringify!($variant)),* }
+            }
+        }
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                match self { $($ty::$variant => f.write_str(stringify!($variant))),* }
+                f.write_str(self.as_str())
             }
         }
     };

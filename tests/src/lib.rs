@@ -420,6 +420,65 @@ impl Drop for Pair {
     }
 }
 
+/// One sample of a Prometheus text: metric name, labels, value.
+pub type MetricSample = (String, std::collections::BTreeMap<String, String>, f64);
+
+/// Parses Prometheus text with the reference parser (Debian's python3-prometheus-client,
+/// run by the system Python): every sample, or an error if the parser rejects the text.
+pub fn prometheus_samples(text: &str) -> Result<Vec<MetricSample>> {
+    const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.append([s.name, s.labels, s.value if s.value == s.value else None])
+print(json.dumps(out))
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running /usr/bin/python3 (scripts/setup installs python3-prometheus-client)")?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("python's stdin")?;
+        stdin.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "the Prometheus parser rejected the text: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let parsed: Vec<(
+        String,
+        std::collections::BTreeMap<String, String>,
+        Option<f64>,
+    )> = serde_json::from_slice(&out.stdout).context("the parser's output")?;
+    Ok(parsed
+        .into_iter()
+        .map(|(n, l, v)| (n, l, v.unwrap_or(f64::NAN)))
+        .collect())
+}
+
+/// The value of the sample `name` whose labels include `labels`; fails if there is none.
+pub fn metric(samples: &[MetricSample], name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.2)
+        .with_context(|| format!("no sample {name}{labels:?}"))
+}
+
 /// Runs a program, returning its output; fails with its stderr unless it exits 0.
 pub fn run_ok(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;

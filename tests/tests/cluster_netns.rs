@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use hablock_tests::edit_file;
 use hablock_tests::netns::{pcap_udp_payloads, Lab, LabOptions, HB_PORT, MASTER, SLAVE, VIP};
+use hablock_tests::{edit_file, metric, prometheus_samples};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
@@ -33,6 +33,39 @@ fn master_holds_the_group_and_serves_the_vip() {
     let human = lab.ctl_ok("clusterctl", MASTER, &["status"]).unwrap();
     assert!(human.contains("group web: held by master"), "{human}");
     eprintln!("{human}");
+
+    // The same seen from the slave, as Prometheus metrics read by the reference parser.
+    let m = prometheus_samples(&lab.ctl_ok("clusterctl", SLAVE, &["metrics"]).unwrap()).unwrap();
+    let held = |node: &str| {
+        metric(
+            &m,
+            "hablock_cluster_group_held",
+            &[("group", "web"), ("node", node)],
+        )
+    };
+    assert_eq!((held(MASTER).unwrap(), held(SLAVE).unwrap()), (1.0, 0.0));
+    assert_eq!(
+        metric(&m, "hablock_cluster_node_alive", &[("node", MASTER)]).unwrap(),
+        1.0
+    );
+    let links: Vec<f64> = m
+        .iter()
+        .filter(|(n, l, _)| {
+            n == "hablock_cluster_link_up" && l.get("node").map(String::as_str) == Some(MASTER)
+        })
+        .map(|s| s.2)
+        .collect();
+    assert_eq!(links, [1.0, 1.0]);
+    assert_eq!(
+        metric(
+            &m,
+            "hablock_cluster_group_state",
+            &[("group", "web"), ("state", "stopped")]
+        )
+        .unwrap(),
+        1.0
+    );
+    assert_eq!(metric(&m, "hablock_cluster_warnings", &[]).unwrap(), 0.0);
 }
 
 #[test]
@@ -70,6 +103,30 @@ fn power_loss_of_the_master_moves_the_vip_with_gratuitous_arp() {
     assert!(f["start_ms"].as_u64().is_some());
     assert_eq!(s["nodes"][1]["alive"], false);
     eprintln!("takeover in {took:?}: {f}");
+    let m = prometheus_samples(&lab.ctl_ok("clusterctl", SLAVE, &["metrics"]).unwrap()).unwrap();
+    assert_eq!(
+        metric(&m, "hablock_cluster_node_alive", &[("node", MASTER)]).unwrap(),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "hablock_cluster_group_held",
+            &[("group", "web"), ("node", SLAVE)]
+        )
+        .unwrap(),
+        1.0
+    );
+    let failover = [("group", "web"), ("from", MASTER), ("to", SLAVE)];
+    assert_eq!(
+        metric(
+            &m,
+            "hablock_cluster_last_failover_detect_seconds",
+            &failover
+        )
+        .unwrap(),
+        detect as f64 / 1000.0
+    );
 
     std::thread::sleep(Duration::from_millis(600));
     let text = std::fs::read_to_string(cap.finish()).unwrap();

@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use hablock_tests::{qemu_io, require_tool, run_ok, Pair, PairOptions, NODES};
+use hablock_tests::{
+    metric, prometheus_samples, qemu_io, require_tool, run_ok, Pair, PairOptions, NODES,
+};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -954,4 +956,47 @@ fn status_counts_the_bytes_of_a_replicated_write_on_both_nodes() {
     let human = p.blockctl_ok(MASTER, &["status", "r0"]).unwrap();
     assert!(human.contains("pending: app 0 peer 0 local 0"), "{human}");
     assert!(human.contains("net sent "), "{human}");
+
+    // The same figures as Prometheus metrics, read back by the reference parser.
+    let text = p.blockctl_ok(MASTER, &["metrics"]).unwrap();
+    let m = prometheus_samples(&text).unwrap();
+    let r0 = [("resource", "r0")];
+    assert_eq!(
+        metric(&m, "hablock_block_disk_written_bytes_total", &r0).unwrap(),
+        stat(MASTER, "disk_written_bytes") as f64
+    );
+    assert_eq!(
+        metric(&m, "hablock_block_net_sent_bytes_total", &r0).unwrap(),
+        stat(MASTER, "net_sent_bytes") as f64
+    );
+    assert_eq!(metric(&m, "hablock_block_primary", &r0).unwrap(), 1.0);
+    let state = |s: &str| {
+        metric(
+            &m,
+            "hablock_block_connection_state",
+            &[("resource", "r0"), ("state", s)],
+        )
+    };
+    assert_eq!(
+        (state("Connected").unwrap(), state("StandAlone").unwrap()),
+        (1.0, 0.0)
+    );
+    let disk = |s: &str| {
+        metric(
+            &m,
+            "hablock_block_peer_disk_state",
+            &[("resource", "r0"), ("state", s)],
+        )
+    };
+    assert_eq!(disk("UpToDate").unwrap(), 1.0);
+    assert_eq!(metric(&m, "hablock_block_peer_pending", &r0).unwrap(), 0.0);
+    assert_eq!(
+        metric(
+            &m,
+            "hablock_block_info",
+            &[("resource", "r0"), ("node", MASTER), ("peer", SLAVE)]
+        )
+        .unwrap(),
+        1.0
+    );
 }

@@ -87,6 +87,9 @@ enum Cmd {
     /// replication address, each resource's backing device, metadata and ublk driver)
     /// without changing anything; safe while blockd runs. Exit 1 if a problem is found.
     Check,
+    /// Print every resource's status as Prometheus metrics (text format 0.0.4), for
+    /// node_exporter's textfile collector or a scraper.
+    Metrics,
     /// Print state changes as they happen.
     Events {
         /// Print JSON lines.
@@ -161,6 +164,7 @@ fn run(args: Args) -> Result<(), Failure> {
         Cmd::Events { json } => events(&sock, json),
         Cmd::Reload => reload(&sock),
         Cmd::Check => check(&args.common),
+        Cmd::Metrics => out(&blockd::metrics::render(&fetch_status(&sock, None)?)),
     }
 }
 

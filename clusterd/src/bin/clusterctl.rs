@@ -55,6 +55,9 @@ enum Cmd {
     /// interface, service program or unit) without changing anything; safe while
     /// clusterd runs. Exit 1 if a problem is found.
     Check,
+    /// Print the cluster's status as this node sees it as Prometheus metrics (text
+    /// format 0.0.4), for node_exporter's textfile collector or a scraper.
+    Metrics,
     /// Follow the cluster's events.
     Events {
         /// Print JSON, one object per line.
@@ -160,6 +163,7 @@ fn run(args: Args) -> Result<(), Failure> {
         Cmd::Status { json } => return status(&sock, json),
         Cmd::Events { json } => return events(&sock, json),
         Cmd::Check => return check(&args.common),
+        Cmd::Metrics => return out(&clusterd::metrics::render(&fetch_status(&sock)?)),
         Cmd::Standby { node } => ClusterRequest::Standby { node },
         Cmd::Online { node } => ClusterRequest::Online { node },
         Cmd::Move { group, node } => ClusterRequest::Move { group, node },
@@ -190,16 +194,21 @@ fn expect_ok(r: ClusterResponse) -> Result<(), Failure> {
     }
 }
 
-fn status(sock: &Path, json: bool) -> Result<(), Failure> {
+/// clusterd's status, or the failure its answer means.
+fn fetch_status(sock: &Path) -> Result<ClusterStatus, Failure> {
     let mut c = Conn::open(sock)?;
     c.stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| refused(format!("control socket: {e}")))?;
     c.send(&ClusterRequest::Status)?;
-    let st = match c.recv()? {
-        ClusterResponse::Status(s) => s,
-        other => return expect_ok(other),
-    };
+    match c.recv()? {
+        ClusterResponse::Status(s) => Ok(s),
+        other => expect_ok(other).and_then(|()| Err(refused("no status from clusterd"))),
+    }
+}
+
+fn status(sock: &Path, json: bool) -> Result<(), Failure> {
+    let st = fetch_status(sock)?;
     if json {
         let text = serde_json::to_string_pretty(&st)
             .map_err(|e| refused(format!("encoding the status: {e}")))?;
