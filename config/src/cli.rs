@@ -1,6 +1,7 @@
 //! What every hablock program shares on its command line and at start-up: the
 //! `--config`/`--node`/`--run-dir` options, where the control sockets live in the run
-//! directory, logging to stderr, and the admin tools' output to stdout.
+//! directory, logging to stderr, the admin tools' output to stdout and their shell
+//! completions.
 
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,13 @@ pub fn print_out(text: &str) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         r => r,
     }
+}
+
+/// Prints the completion script of the admin tool `C` (invoked as `name`) for `shell`:
+/// what `blockctl completions bash` and `clusterctl completions bash` print, and what
+/// the Debian package installs.
+pub fn print_completions<C: clap::CommandFactory>(shell: clap_complete::Shell, name: &str) {
+    clap_complete::generate(shell, &mut C::command(), name, &mut std::io::stdout());
 }
 
 /// Logs to stderr (journald picks it up under systemd); `RUST_LOG` filters.

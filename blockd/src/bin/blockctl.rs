@@ -90,6 +90,11 @@ enum Cmd {
     /// Print every resource's status as Prometheus metrics (text format 0.0.4), for
     /// node_exporter's textfile collector or a scraper.
     Metrics,
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Print state changes as they happen.
     Events {
         /// Print JSON lines.
@@ -164,6 +169,10 @@ fn run(args: Args) -> Result<(), Failure> {
         Cmd::Events { json } => events(&sock, json),
         Cmd::Reload => reload(&sock),
         Cmd::Check => check(&args.common),
+        Cmd::Completions { shell } => {
+            hablock_config::cli::print_completions::<Args>(shell, "blockctl");
+            Ok(())
+        }
         Cmd::Metrics => out(&blockd::metrics::render(&fetch_status(&sock, None)?)),
     }
 }

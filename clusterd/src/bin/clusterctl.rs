@@ -58,6 +58,11 @@ enum Cmd {
     /// Print the cluster's status as this node sees it as Prometheus metrics (text
     /// format 0.0.4), for node_exporter's textfile collector or a scraper.
     Metrics,
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Follow the cluster's events.
     Events {
         /// Print JSON, one object per line.
@@ -163,6 +168,10 @@ fn run(args: Args) -> Result<(), Failure> {
         Cmd::Status { json } => return status(&sock, json),
         Cmd::Events { json } => return events(&sock, json),
         Cmd::Check => return check(&args.common),
+        Cmd::Completions { shell } => {
+            hablock_config::cli::print_completions::<Args>(shell, "clusterctl");
+            return Ok(());
+        }
         Cmd::Metrics => return out(&clusterd::metrics::render(&fetch_status(&sock)?)),
         Cmd::Standby { node } => ClusterRequest::Standby { node },
         Cmd::Online { node } => ClusterRequest::Online { node },
