@@ -190,3 +190,70 @@ pub fn render(resources: &[ResourceStatus]) -> String {
     }
     m.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(name: &str) -> ResourceStatus {
+        ResourceStatus {
+            name: name.into(),
+            node: "master".into(),
+            peer: "slave".into(),
+            role: Role::Primary,
+            peer_role: Role::Secondary,
+            connection: ConnState::SyncSource,
+            disk: DiskState::UpToDate,
+            peer_disk: DiskState::Inconsistent,
+            size_bytes: 1 << 30,
+            out_of_sync_bytes: 4096,
+            resynced_bytes: 8192,
+            split_brain: false,
+            sync_progress: Some(0.25),
+            sync_rate_bps: Some(100 << 20),
+            sync_eta_s: Some(3),
+            devices: vec!["/dev/ublkb0".into()],
+            last_verify: None,
+            standalone_reason: None,
+            statistics: IoStatistics {
+                disk_written_bytes: 1 << 20,
+                peer_pending: 2,
+                ..IoStatistics::default()
+            },
+        }
+    }
+
+    #[test]
+    fn one_sample_per_resource_and_one_per_state() {
+        let mut idle = resource("r1");
+        idle.connection = ConnState::Connected;
+        idle.sync_progress = None;
+        idle.sync_rate_bps = None;
+        let text = render(&[resource("r0"), idle]);
+        let has = |line: &str| assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        has("hablock_block_info{resource=\"r0\",node=\"master\",peer=\"slave\"} 1");
+        has("hablock_block_primary{resource=\"r0\"} 1");
+        has("hablock_block_connection_state{resource=\"r0\",state=\"SyncSource\"} 1");
+        has("hablock_block_connection_state{resource=\"r0\",state=\"Connected\"} 0");
+        has("hablock_block_connection_state{resource=\"r1\",state=\"Connected\"} 1");
+        has("hablock_block_peer_disk_state{resource=\"r0\",state=\"Inconsistent\"} 1");
+        has("hablock_block_sync_progress_ratio{resource=\"r0\"} 0.25");
+        has("hablock_block_disk_written_bytes_total{resource=\"r0\"} 1048576");
+        has("hablock_block_peer_pending{resource=\"r0\"} 2");
+        // A figure a resource does not have (no resync running) is left out.
+        assert!(
+            !text.contains("hablock_block_sync_progress_ratio{resource=\"r1\"}"),
+            "{text}"
+        );
+        let states = text
+            .lines()
+            .filter(|l| l.starts_with("hablock_block_connection_state{resource=\"r0\""))
+            .count();
+        assert_eq!(states, ConnState::ALL.len());
+        assert_eq!(
+            text.matches("# TYPE hablock_block_disk_written_bytes_total counter")
+                .count(),
+            1
+        );
+    }
+}

@@ -157,3 +157,93 @@ pub fn render(st: &ClusterStatus) -> String {
     );
     m.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hablock_proto::control::{
+        Failover, GroupResourceStatus, GroupStatus, LinkInfo, NodeStatus,
+    };
+
+    fn node(name: &str, alive: bool, links: Vec<LinkInfo>) -> NodeStatus {
+        NodeStatus {
+            name: name.into(),
+            alive,
+            standby: false,
+            liveness: if alive { "alive" } else { "dead" }.into(),
+            ping_ok: true,
+            alive_via_replication: false,
+            links,
+        }
+    }
+
+    fn link(address: &str, up: bool, last_seen_ms: Option<u64>) -> LinkInfo {
+        LinkInfo {
+            address: address.into(),
+            up,
+            state: if up { "up" } else { "down" }.into(),
+            last_seen_ms,
+        }
+    }
+
+    #[test]
+    fn a_takeover_as_the_slave_reports_it() {
+        let st = ClusterStatus {
+            node: "slave".into(),
+            nodes: vec![
+                node("slave", true, vec![link("10.213.0.152", true, None)]),
+                node(
+                    "master",
+                    false,
+                    vec![
+                        link("10.213.0.151", false, Some(4500)),
+                        link("10.213.1.2", false, None),
+                    ],
+                ),
+            ],
+            groups: vec![GroupStatus {
+                name: "web".into(),
+                holder: Some("slave".into()),
+                state: "running".into(),
+                verdict: "run here".into(),
+                reason: String::new(),
+                moved_to: None,
+                resources: vec![GroupResourceStatus {
+                    kind: "service".into(),
+                    name: "httpd".into(),
+                    state: "running".into(),
+                    check_failing: true,
+                }],
+            }],
+            last_failover: Some(Failover {
+                from: "master".into(),
+                to: "slave".into(),
+                detect_ms: 3000,
+                start_ms: 250,
+                group: "web".into(),
+                time_ms: 1_700_000_000_500,
+            }),
+            warnings: vec!["master is dead".into()],
+        };
+        let text = render(&st);
+        let has = |line: &str| assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        has("hablock_cluster_node_alive{node=\"master\"} 0");
+        has("hablock_cluster_node_alive{node=\"slave\"} 1");
+        // Links are the peer's, as this node hears them; one never heard has no age.
+        has("hablock_cluster_link_up{node=\"master\",address=\"10.213.0.151\"} 0");
+        has("hablock_cluster_link_last_heartbeat_seconds{node=\"master\",address=\"10.213.0.151\"} 4.5");
+        assert!(!text.contains("address=\"10.213.1.2\"} NaN"), "{text}");
+        assert!(
+            !text.contains("hablock_cluster_link_up{node=\"slave\""),
+            "{text}"
+        );
+        has("hablock_cluster_group_held{group=\"web\",node=\"slave\"} 1");
+        has("hablock_cluster_group_held{group=\"web\",node=\"master\"} 0");
+        has("hablock_cluster_group_state{group=\"web\",state=\"running\"} 1");
+        has("hablock_cluster_resource_check_failing{group=\"web\",type=\"service\",name=\"httpd\"} 1");
+        has("hablock_cluster_resource_failed{group=\"web\",type=\"service\",name=\"httpd\"} 0");
+        has("hablock_cluster_last_failover_detect_seconds{group=\"web\",from=\"master\",to=\"slave\"} 3");
+        has("hablock_cluster_last_failover_timestamp_seconds{group=\"web\",from=\"master\",to=\"slave\"} 1700000000.5");
+        has("hablock_cluster_warnings 1");
+    }
+}
