@@ -60,7 +60,11 @@ fn group_resource(group: &str, r: &GroupResource, findings: &mut Vec<Finding>) {
                 ),
             });
         }
-        GroupResource::Service { exec, unit, check } => {
+        GroupResource::Service {
+            exec,
+            unit,
+            check: probe,
+        } => {
             let subject = format!("{group} service");
             if let Some(cmdline) = exec {
                 findings.push(check::command(&subject, cmdline));
@@ -68,7 +72,7 @@ fn group_resource(group: &str, r: &GroupResource, findings: &mut Vec<Finding>) {
             if let Some(unit) = unit {
                 findings.push(systemd_unit(&subject, unit));
             }
-            match check {
+            match probe {
                 Some(url) if url.starts_with("http://") => {
                     findings.push(Finding::ok(format!("{group} check"), url.clone()));
                 }

@@ -101,20 +101,13 @@ impl MdStore {
     /// Reads the superblock (best valid slot), checks it against the device size, and
     /// reads the activity log. The bitmap is read by [`MdStore::load_bitmap`].
     pub fn open(backing: &Path, loc: &MdLocation) -> Result<MdStore, MdError> {
+        let store = MdStore::open_area(backing, loc, open_rw)?;
         match loc {
-            MdLocation::Internal => {
-                let f = open_rw(backing)?;
-                MdStore::open_io(Box::new(f), backing, AreaKind::Internal)
-            }
-            MdLocation::External(md) => {
-                let backing_size = device_size(backing)?;
-                let f = open_rw(md)?;
+            MdLocation::Internal => Ok(store),
+            MdLocation::External(_) => {
                 // Only ever flushed (`fdatasync` needs no write access).
                 let data = File::open(backing).map_err(|e| MdError::io(backing, "open", e))?;
-                Ok(
-                    MdStore::open_io(Box::new(f), md, AreaKind::External { backing_size })?
-                        .with_data_device(Box::new(data), backing),
-                )
+                Ok(store.with_data_device(Box::new(data), backing))
             }
         }
     }
@@ -122,7 +115,17 @@ impl MdStore {
     /// Opens the area read-only, to look at it (`blockctl check`); a write through it
     /// fails. Safe while a blockd serves the resource: nothing is locked or changed.
     pub fn inspect(backing: &Path, loc: &MdLocation) -> Result<MdStore, MdError> {
-        let open = |p: &Path| File::open(p).map_err(|e| MdError::io(p, "open", e));
+        MdStore::open_area(backing, loc, |p| {
+            File::open(p).map_err(|e| MdError::io(p, "open", e))
+        })
+    }
+
+    /// Opens the device holding `loc`'s area with `open` and reads the area.
+    fn open_area(
+        backing: &Path,
+        loc: &MdLocation,
+        open: impl Fn(&Path) -> Result<File, MdError>,
+    ) -> Result<MdStore, MdError> {
         match loc {
             MdLocation::Internal => {
                 MdStore::open_io(Box::new(open(backing)?), backing, AreaKind::Internal)
