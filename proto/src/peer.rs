@@ -50,6 +50,9 @@
 //! | 19 | Trim | `offset u64 | len u64 | zeroes u8` |
 //! | 20 | Flush | empty |
 //! | 21 | FlushAck | empty |
+//! | 22 | ReadReq | `offset u64 | len u32` |
+//! | 23 | ReadReply | `offset u64 | bytes (rest)` |
+//! | 24 | ReadError | `errno u32` |
 //! | 32 | Ping | empty |
 //! | 33 | PingAck | empty |
 //! | 48 | RsData | `offset u64 | bytes (rest)` |
@@ -102,8 +105,10 @@ pub mod features {
     pub const TRIM: u64 = 1 << 0;
     /// Online verify ([`super::Message::VerifyReq`] and friends).
     pub const VERIFY: u64 = 1 << 1;
+    /// Reads served for a peer whose own disk failed ([`super::Message::ReadReq`]).
+    pub const REMOTE_READ: u64 = 1 << 2;
     /// Everything this build implements.
-    pub const ALL: u64 = TRIM | VERIFY;
+    pub const ALL: u64 = TRIM | VERIFY | REMOTE_READ;
 }
 
 /// Flag bits of [`NodeState::flags`].
@@ -212,6 +217,26 @@ pub enum Message {
     Flush,
     /// The flush with this id is done.
     FlushAck,
+    /// Read this range from your disk (asked by a Primary whose own disk failed);
+    /// answered with `ReadReply` or `ReadError`.
+    ReadReq {
+        /// Byte offset.
+        offset: u64,
+        /// Length in bytes.
+        len: u32,
+    },
+    /// The data of the `ReadReq` with this id.
+    ReadReply {
+        /// Byte offset (as asked).
+        offset: u64,
+        /// The bytes (shared, as in `Data`).
+        payload: Bytes,
+    },
+    /// The `ReadReq` with this id failed.
+    ReadError {
+        /// The errno of the failure.
+        errno: u32,
+    },
     /// Keepalive.
     Ping,
     /// Keepalive answer.
@@ -343,6 +368,9 @@ pub fn kind_of(msg: &Message) -> u8 {
         Message::Trim { .. } => 19,
         Message::Flush => 20,
         Message::FlushAck => 21,
+        Message::ReadReq { .. } => 22,
+        Message::ReadReply { .. } => 23,
+        Message::ReadError { .. } => 24,
         Message::Ping => 32,
         Message::PingAck => 33,
         Message::RsData { .. } => 48,
@@ -371,6 +399,9 @@ pub fn kind_name(kind: u8) -> &'static str {
         19 => "Trim",
         20 => "Flush",
         21 => "FlushAck",
+        22 => "ReadReq",
+        23 => "ReadReply",
+        24 => "ReadError",
         32 => "Ping",
         33 => "PingAck",
         48 => "RsData",
@@ -404,7 +435,9 @@ fn put_uuids(out: &mut Vec<u8>, u: &Uuids) {
 /// The bulk bytes that end a message's payload (data blocks), sent without copying.
 fn bulk_of(msg: &Message) -> Option<&Bytes> {
     match msg {
-        Message::Data { payload, .. } | Message::RsData { payload, .. } => Some(payload),
+        Message::Data { payload, .. }
+        | Message::RsData { payload, .. }
+        | Message::ReadReply { payload, .. } => Some(payload),
         _ => None,
     }
 }
@@ -456,7 +489,14 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&len.to_le_bytes());
             out.push(u8::from(*zeroes));
         }
-        Message::RsData { offset, .. } => out.extend_from_slice(&offset.to_le_bytes()),
+        Message::RsData { offset, .. } | Message::ReadReply { offset, .. } => {
+            out.extend_from_slice(&offset.to_le_bytes())
+        }
+        Message::ReadReq { offset, len } => {
+            out.extend_from_slice(&offset.to_le_bytes());
+            out.extend_from_slice(&len.to_le_bytes());
+        }
+        Message::ReadError { errno } => out.extend_from_slice(&errno.to_le_bytes()),
         Message::ResyncDone { uuids } => put_uuids(out, uuids),
         Message::OutOfSync { offset, len } => {
             out.extend_from_slice(&offset.to_le_bytes());
@@ -644,7 +684,7 @@ pub fn decode_from(buf: &mut BytesMut) -> Result<Option<Decoded>, FrameError> {
     decode_checked(&header, &payload).map(Some)
 }
 
-/// Where the data block lies in a frame that carries one (`Data`, `RsData`).
+/// Where the data block lies in a frame that carries one (`Data`, `RsData`, `ReadReply`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockLayout {
     /// Bytes before the block: the header and the message's fixed fields.
@@ -824,6 +864,11 @@ fn decode_payload(kind: u8, payload: &Bytes) -> Field<Message> {
         },
         20 => Message::Flush,
         21 => Message::FlushAck,
+        22 => Message::ReadReq {
+            offset: c.u64()?,
+            len: c.u32()?,
+        },
+        24 => Message::ReadError { errno: c.u32()? },
         32 => Message::Ping,
         33 => Message::PingAck,
         49 => Message::RsAck,
@@ -860,7 +905,7 @@ fn decode_payload(kind: u8, payload: &Bytes) -> Field<Message> {
 fn block_prefix_len(kind: u8) -> Option<usize> {
     match kind {
         16 => Some(MAX_BLOCK_HEAD_LEN - HEADER_LEN),
-        48 => Some(8),
+        23 | 48 => Some(8),
         _ => None,
     }
 }
@@ -875,6 +920,10 @@ fn decode_block_message(kind: u8, fixed: &[u8], block: Bytes) -> Field<Message> 
             payload: block,
         },
         48 => Message::RsData {
+            offset: c.u64()?,
+            payload: block,
+        },
+        23 => Message::ReadReply {
             offset: c.u64()?,
             payload: block,
         },

@@ -69,6 +69,18 @@ fn golden() -> Vec<(Frame, &'static str)> {
             "48424c500230000003000000000000001000000091463c2e704c8c4f7f03d85600000100000000000102030405060708",
         ),
         (
+            Frame { id: 21, msg: Message::ReadReq { offset: 8192, len: 4096 } },
+            "48424c500216000015000000000000000c000000ce742ce33e9af742cc4a0d73002000000000000000100000",
+        ),
+        (
+            Frame { id: 21, msg: Message::ReadReply { offset: 8192, payload: Bytes::from_static(&[9, 8, 7, 6]) } },
+            "48424c500217000015000000000000000c0000002a28d415550c7649df8936d0002000000000000009080706",
+        ),
+        (
+            Frame { id: 22, msg: Message::ReadError { errno: 5 } },
+            "48424c500218000016000000000000000400000039b9d2792f8bd4c381c240bc05000000",
+        ),
+        (
             Frame { id: 7, msg: Message::DataAck },
             "48424c500211000007000000000000000000000099e9d85137db46efff32457d",
         ),
@@ -409,6 +421,14 @@ fn arb_msg() -> impl Strategy<Value = Message> {
                 payload: payload.into()
             }
         ),
+        (any::<u64>(), any::<u32>()).prop_map(|(offset, len)| Message::ReadReq { offset, len }),
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..600)).prop_map(
+            |(offset, payload)| Message::ReadReply {
+                offset,
+                payload: payload.into()
+            }
+        ),
+        any::<u32>().prop_map(|errno| Message::ReadError { errno }),
         Just(Message::RsAck),
         Just(Message::RsNack),
         arb_uuids().prop_map(|uuids| Message::ResyncDone { uuids }),
@@ -427,7 +447,7 @@ proptest! {
         let f = Frame { id, msg };
         let parts = encode_parts(&f);
         prop_assert_eq!([&parts.head[..], &parts.bulk[..]].concat(), enc(&f));
-        if let Message::Data { payload, .. } | Message::RsData { payload, .. } = &f.msg {
+        if let Message::Data { payload, .. } | Message::RsData { payload, .. } | Message::ReadReply { payload, .. } = &f.msg {
             prop_assert_eq!(parts.bulk.as_ptr(), payload.as_ptr());
         } else {
             prop_assert!(parts.bulk.is_empty());
@@ -507,13 +527,13 @@ proptest! {
                 let block = Bytes::copy_from_slice(&wire[l.head_len..]);
                 let ptr = block.as_ptr();
                 let split = decode_parts(&wire[..l.head_len], block).unwrap();
-                if let Decoded::Frame(Frame { msg: Message::Data { payload, .. } | Message::RsData { payload, .. }, .. }) = &split {
+                if let Decoded::Frame(Frame { msg: Message::Data { payload, .. } | Message::RsData { payload, .. } | Message::ReadReply { payload, .. }, .. }) = &split {
                     prop_assert_eq!(payload.as_ptr(), ptr);
                 }
                 prop_assert_eq!(split, whole);
             }
             None => {
-                let carries_block = matches!(&whole, Decoded::Frame(Frame { msg: Message::Data { .. } | Message::RsData { .. }, .. }));
+                let carries_block = matches!(&whole, Decoded::Frame(Frame { msg: Message::Data { .. } | Message::RsData { .. } | Message::ReadReply { .. }, .. }));
                 prop_assert!(!carries_block, "a data frame without a layout");
             }
         }

@@ -391,7 +391,10 @@ impl FrameReader {
 fn carries_large_block(decoded: &Decoded) -> bool {
     match decoded {
         Decoded::Frame(Frame {
-            msg: Message::Data { payload, .. } | Message::RsData { payload, .. },
+            msg:
+                Message::Data { payload, .. }
+                | Message::RsData { payload, .. }
+                | Message::ReadReply { payload, .. },
             ..
         }) => payload.len() >= ALIGNED_BLOCK_MIN,
         _ => false,

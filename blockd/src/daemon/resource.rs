@@ -326,12 +326,13 @@ impl ResourceTask {
                         ResourceMsg::Session(s) => {
                             let id = next_session;
                             next_session += 1;
+                            let features = s.features;
                             // The engine closes the old session when it sees the new one.
                             let old = session.replace(self.start_session(id, s));
                             if let Some(old) = old {
                                 old.reader.abort();
                             }
-                            self.engine.handle(now(start), Input::PeerConnected { session: id, features: hablock_proto::peer::features::ALL });
+                            self.engine.handle(now(start), Input::PeerConnected { session: id, features });
                         }
                         ResourceMsg::FrontendChanged => {}
                         ResourceMsg::Shutdown { done } => {

@@ -67,6 +67,10 @@ pub enum SyncScope {
 pub enum Decision {
     /// Nothing to copy.
     InSync,
+    /// One side's disk is detached: connect without a resync (a Diskless Primary is
+    /// served by the peer; the side with a disk keeps what the other lacks in its
+    /// bitmap).
+    Diskless,
     /// Neither side has data worth copying yet (fresh metadata on both): wait for a
     /// forced promotion.
     BothInconsistent,
@@ -119,6 +123,9 @@ pub fn is_split_brain(me: &Side, peer: &Side) -> bool {
 
 /// Decides what happens when `me` meets `peer`.
 pub fn decide(me: &Side, peer: &Side, policy: &SplitBrainPolicy) -> Decision {
+    if me.disk == DiskState::Diskless || peer.disk == DiskState::Diskless {
+        return Decision::Diskless;
+    }
     let raw = decide_direction(me, peer, policy);
     // Safety nets that hold whatever the identifiers say.
     match raw {
@@ -356,6 +363,22 @@ mod tests {
             one_primary: p1,
             two_primaries: AfterSb2Pri::Disconnect,
         }
+    }
+
+    #[test]
+    fn a_detached_disk_on_either_side_connects_without_a_resync() {
+        // Even with generations that would otherwise mean a resync or a split brain.
+        let mut a = side("a", 5, 0);
+        let mut b = side("b", 7, 5);
+        a.role = Role::Primary;
+        a.disk = DiskState::Diskless;
+        let p = SplitBrainPolicy::default();
+        assert_eq!(decide(&a, &b, &p), Decision::Diskless);
+        assert_eq!(decide(&b, &a, &p), Decision::Diskless);
+        a.disk = DiskState::UpToDate;
+        b.disk = DiskState::Diskless;
+        assert_eq!(decide(&a, &b, &p), Decision::Diskless);
+        assert_eq!(decide(&b, &a, &p), Decision::Diskless);
     }
 
     #[test]

@@ -11,9 +11,11 @@
 //! keep their order on both nodes), makes sure its activity-log extent is persisted,
 //! then issues the local write and the peer's `Data` at once; the request completes
 //! when both are done. Without a peer the written blocks are marked in the dirty
-//! bitmap instead, and only those are resynced later.
+//! bitmap instead, and only those are resynced later. A failed local disk is
+//! detached and the peer serves what it held ([`detach`]).
 
 pub mod decide;
+mod detach;
 pub mod ranges;
 mod resync;
 mod session;
@@ -342,6 +344,8 @@ enum WritePayload {
 struct AppFlush {
     req: ReqId,
     local_done: bool,
+    /// Sent to the peer (its durability then counts even if the local flush fails).
+    sent: bool,
     peer_pending: bool,
     sent_ms: u64,
     error: Option<i32>,
@@ -350,8 +354,8 @@ struct AppFlush {
 /// What a local operation belongs to.
 #[derive(Debug, Clone, Copy)]
 enum OpKind {
-    /// A frontend read.
-    AppRead(ReqId),
+    /// A frontend read (re-asked of the peer if the disk fails).
+    AppRead { req: ReqId, offset: u64, len: u32 },
     /// The local half of an application write (id = write id).
     AppWrite(u64),
     /// The local half of an application flush (id = flush id).
@@ -366,6 +370,12 @@ enum OpKind {
     },
     /// Applying a peer's flush.
     PeerFlush { session: u64, frame_id: u64 },
+    /// Reading for a Diskless peer (answer with `ReadReply` on its session).
+    PeerRead {
+        session: u64,
+        frame_id: u64,
+        offset: u64,
+    },
     /// Resync source reading a chunk.
     ResyncRead { chunk: u64 },
     /// Resync target writing a chunk.
@@ -385,6 +395,23 @@ enum OpKind {
     },
 }
 
+impl OpKind {
+    /// What the operation was, for the log of a detach.
+    fn describe(&self) -> &'static str {
+        match self {
+            OpKind::AppRead { .. } => "read",
+            OpKind::AppWrite(_) => "write",
+            OpKind::AppFlush(_) => "flush",
+            OpKind::PeerWrite { .. } => "write of a replicated block",
+            OpKind::PeerFlush { .. } => "flush for the peer",
+            OpKind::PeerRead { .. } => "read for the peer",
+            OpKind::ResyncRead { .. } => "resync read",
+            OpKind::ResyncWrite { .. } => "resync write",
+            OpKind::VerifyRead { .. } | OpKind::VerifyAnswer { .. } => "verify read",
+        }
+    }
+}
+
 /// Who holds a range lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LockOwner {
@@ -396,7 +423,9 @@ enum LockOwner {
 /// The block data a frame carries (a replicated write or resync data), in bytes.
 fn block_payload(frame: &Frame) -> u64 {
     match &frame.msg {
-        Message::Data { payload, .. } | Message::RsData { payload, .. } => payload.len() as u64,
+        Message::Data { payload, .. }
+        | Message::RsData { payload, .. }
+        | Message::ReadReply { payload, .. } => payload.len() as u64,
         _ => 0,
     }
 }
@@ -438,6 +467,10 @@ pub struct Engine {
     /// The counters of [`IoStatistics`] (its `*_pending` fields are filled in by
     /// [`Engine::status`]).
     counters: IoStatistics,
+    /// Reads asked of the peer while Diskless, by frame id.
+    remote_reads: HashMap<u64, detach::RemoteRead>,
+    /// After a detach: metadata writes queued from this index on are dropped.
+    metadata_cutoff: Option<usize>,
     actions: Vec<Action>,
 }
 
@@ -493,6 +526,8 @@ impl Engine {
             meter: resync::RateMeter::default(),
             verify: None,
             counters: IoStatistics::default(),
+            remote_reads: HashMap::new(),
+            metadata_cutoff: None,
             actions: Vec::new(),
             cfg,
         };
@@ -542,6 +577,24 @@ impl Engine {
     /// Carries out an operator command.
     pub fn command(&mut self, now: Now, cmd: Command) -> CommandResult {
         self.now = now;
+        let needs_disks = match cmd {
+            Command::Primary { .. } => self.role != Role::Primary,
+            Command::Verify | Command::Invalidate => true,
+            _ => false,
+        };
+        if needs_disks && self.diskless() {
+            return CommandResult::Refused(
+                "the local disk is detached (Diskless) after an I/O error; replace it, \
+                 then `blockctl create-md` and restart blockd"
+                    .into(),
+            );
+        }
+        if cmd == Command::Verify && self.conn.peer_roles().1 == DiskState::Diskless {
+            return CommandResult::Refused(format!(
+                "the disk of {} is detached (Diskless): there is no second copy to compare",
+                self.cfg.peer
+            ));
+        }
         let r = match cmd {
             Command::Primary { force } => self.cmd_primary(force),
             Command::Secondary => self.cmd_secondary(),
@@ -557,6 +610,7 @@ impl Engine {
 
     /// Takes the actions produced so far (and counts the I/O they ask for).
     pub fn take_actions(&mut self) -> Vec<Action> {
+        self.drop_metadata_writes();
         let c = &mut self.counters;
         for a in &self.actions {
             match a {
@@ -593,14 +647,22 @@ impl Engine {
 
     /// Whether nothing is in flight (no request, no local operation).
     pub fn is_idle(&self) -> bool {
-        self.writes.is_empty() && self.flushes.is_empty() && self.ops.is_empty()
+        self.writes.is_empty()
+            && self.flushes.is_empty()
+            && self.ops.is_empty()
+            && self.remote_reads.is_empty()
     }
 
-    /// The superblock fields as they should be persisted now.
+    /// The superblock fields as they should be persisted now (a detached disk is
+    /// `Inconsistent` on disk: it is never trusted again without a resync).
     pub fn persisted_state(&self) -> PersistedState {
         PersistedState {
             uuids: self.uuids,
-            disk: self.disk,
+            disk: if self.diskless() {
+                DiskState::Inconsistent
+            } else {
+                self.disk
+            },
             primary: self.role == Role::Primary,
             primary_since_ms: self.primary_since_ms,
         }
@@ -638,8 +700,9 @@ impl Engine {
         let app_reads = self
             .ops
             .values()
-            .filter(|k| matches!(k, OpKind::AppRead(_)))
-            .count();
+            .filter(|k| matches!(k, OpKind::AppRead { .. }))
+            .count()
+            + self.remote_reads.len();
         let peer_pending = self.writes.values().filter(|w| w.peer_pending).count()
             + self.flushes.values().filter(|f| f.peer_pending).count();
         IoStatistics {
@@ -800,8 +863,12 @@ impl Engine {
                     });
                     return;
                 }
+                if self.diskless() {
+                    self.remote_read(req, offset, len);
+                    return;
+                }
                 let op = self.alloc_id();
-                self.ops.insert(op, OpKind::AppRead(req));
+                self.ops.insert(op, OpKind::AppRead { req, offset, len });
                 self.actions.push(Action::LocalRead { op, offset, len });
             }
             IoRequest::Write { offset, data, fua } => {
@@ -819,18 +886,30 @@ impl Engine {
             IoRequest::Flush => {
                 let id = self.alloc_id();
                 let peer = self.conn.replicating();
+                let local = !self.diskless();
+                if !local && !peer {
+                    // No disk here and none reachable: nothing can be made durable.
+                    self.actions.push(Action::Complete {
+                        req,
+                        outcome: IoOutcome::Failed(libc::EIO),
+                    });
+                    return;
+                }
                 self.flushes.insert(
                     id,
                     AppFlush {
                         req,
-                        local_done: false,
+                        local_done: !local,
+                        sent: peer,
                         peer_pending: peer,
                         sent_ms: self.now.mono_ms,
                         error: None,
                     },
                 );
-                self.ops.insert(id, OpKind::AppFlush(id));
-                self.actions.push(Action::LocalFlush { op: id });
+                if local {
+                    self.ops.insert(id, OpKind::AppFlush(id));
+                    self.actions.push(Action::LocalFlush { op: id });
+                }
                 if peer {
                     self.send(id, Message::Flush);
                 }
@@ -903,6 +982,17 @@ impl Engine {
         if replicating {
             w.peer_pending = true;
             w.sent_ms = self.now.mono_ms;
+        }
+        if self.disk == DiskState::Diskless {
+            // The peer's copy is the only one: without it the write has nowhere to go.
+            w.local_done = true;
+            if replicating {
+                self.send_write(id, offset, len, &payload, fua);
+            } else {
+                w.error = Some(libc::EIO);
+                self.finish_write_if_done(id);
+            }
+            return;
         }
         match self.al.activate(offset, len) {
             Ok(changed) => {
@@ -979,7 +1069,7 @@ impl Engine {
         let (offset, len) = (w.range.start, w.range.end - w.range.start);
         if w.al_held {
             self.al.complete(offset, len);
-        } else if w.error.is_none() && w.mirrored {
+        } else if w.error.is_none() && w.mirrored && !self.diskless() {
             self.bitmap.clear_range_full_blocks(offset, len);
         }
         let outcome = match w.error {
@@ -1024,15 +1114,25 @@ impl Engine {
             IoOutcome::Failed(e) => Some(e),
             _ => None,
         };
+        if let Some(e) = failed {
+            self.detach(kind.describe(), e);
+        }
         match kind {
-            OpKind::AppRead(req) => self.actions.push(Action::Complete { req, outcome }),
+            OpKind::AppRead { req, offset, len } => {
+                if failed.is_some() && self.conn.serves_reads() {
+                    self.remote_read(req, offset, len);
+                } else {
+                    self.actions.push(Action::Complete { req, outcome });
+                }
+            }
             OpKind::AppWrite(id) => {
                 if let Some(w) = self.writes.get_mut(&id) {
                     w.local_done = true;
-                    if let Some(e) = failed {
+                    // The peer's copy (sent or already acknowledged) carries the write.
+                    if let Some(e) = failed.filter(|_| !w.peer_pending && !w.mirrored) {
                         w.error = Some(e);
                         let r = w.range;
-                        warn!(resource = %self.cfg.resource, offset = r.start, errno = e, "local write failed");
+                        warn!(resource = %self.cfg.resource, offset = r.start, errno = e, "local write failed and the peer does not have it");
                         // The local copy of this range is now unknown.
                         self.bitmap.set_range_bytes(r.start, r.end - r.start);
                     }
@@ -1042,10 +1142,17 @@ impl Engine {
             OpKind::AppFlush(id) => {
                 if let Some(f) = self.flushes.get_mut(&id) {
                     f.local_done = true;
-                    f.error = f.error.or(failed);
+                    if !f.sent {
+                        f.error = f.error.or(failed);
+                    }
                 }
                 self.finish_flush_if_done(id);
             }
+            OpKind::PeerRead {
+                session,
+                frame_id,
+                offset,
+            } => self.peer_read_done(session, frame_id, offset, outcome),
             OpKind::PeerWrite {
                 session,
                 frame_id,
@@ -1091,11 +1198,22 @@ impl Engine {
         }
         let id = frame.id;
         match frame.msg {
+            Message::Data { offset, .. } | Message::Trim { offset, .. } if self.diskless() => {
+                // Nothing to write to: the Primary keeps the range in its bitmap.
+                let len = match &frame.msg {
+                    Message::Data { payload, .. } => payload.len() as u64,
+                    Message::Trim { len, .. } => *len,
+                    _ => 0,
+                };
+                self.send(id, Message::OutOfSync { offset, len });
+                self.send(id, Message::DataAck);
+            }
             Message::Data {
                 offset,
                 fua,
                 payload,
             } => {
+                self.mark_if_peer_diskless(offset, payload.len() as u64);
                 let op = self.peer_write_op(id, offset, payload.len() as u64);
                 self.actions.push(Action::LocalWrite {
                     op,
@@ -1109,6 +1227,7 @@ impl Engine {
                 len,
                 zeroes,
             } => {
+                self.mark_if_peer_diskless(offset, len);
                 let op = self.peer_write_op(id, offset, len);
                 self.actions.push(Action::LocalTrim {
                     op,
@@ -1139,6 +1258,7 @@ impl Engine {
                     self.send_write(id, offset, len, &payload, fua);
                 }
             }
+            Message::Flush if self.diskless() => self.send(id, Message::FlushAck),
             Message::Flush => {
                 let op = self.alloc_id();
                 let session = self.conn.session().unwrap_or(0);
@@ -1157,6 +1277,9 @@ impl Engine {
                     self.finish_flush_if_done(id);
                 }
             }
+            Message::ReadReq { offset, len } => self.on_read_req(id, offset, len),
+            Message::ReadReply { payload, .. } => self.on_read_answer(id, Ok(payload)),
+            Message::ReadError { errno } => self.on_read_answer(id, Err(errno)),
             Message::Ping => self.send(id, Message::PingAck),
             Message::PingAck => {
                 if self.state_sync == Some(id) {
@@ -1170,6 +1293,9 @@ impl Engine {
             Message::ResyncDone { uuids } => self.on_resync_done(uuids),
             Message::OutOfSync { offset, len } => {
                 self.bitmap.set_range_bytes(offset, len);
+            }
+            Message::VerifyReq { .. } if self.diskless() => {
+                self.lose_session("verify asked of a detached disk", false);
             }
             Message::VerifyReq { offset, len } => self.on_verify_req(id, offset, len),
             Message::VerifyReply { offset, checksums } => {
@@ -1197,6 +1323,13 @@ impl Engine {
                     false,
                 );
             }
+        }
+    }
+
+    /// A write applied here while the peer's disk is detached is one that disk lacks.
+    fn mark_if_peer_diskless(&mut self, offset: u64, len: u64) {
+        if self.conn.peer_roles().1 == DiskState::Diskless {
+            self.bitmap.set_range_bytes(offset, len);
         }
     }
 

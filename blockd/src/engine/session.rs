@@ -7,7 +7,7 @@
 use super::decide::{decide, is_split_brain, Decision, Refusal, Side, SyncScope};
 use super::{Action, Engine};
 use crate::md::BLOCK_BYTES;
-use hablock_proto::peer::{state_flags, Message, NodeState};
+use hablock_proto::peer::{features, state_flags, Message, NodeState};
 use hablock_proto::types::{ConnState, DiskState, Role};
 use tracing::{info, warn};
 
@@ -37,6 +37,8 @@ pub struct Established {
     last_ping_ms: u64,
     peer_role: Role,
     peer_disk: DiskState,
+    /// Negotiated feature bits ([`hablock_proto::peer::features`]).
+    features: u64,
     /// What the session is doing.
     pub mode: Mode,
 }
@@ -45,6 +47,7 @@ pub struct Established {
 #[derive(Debug)]
 pub struct Handshake {
     session: u64,
+    features: u64,
     last_rx_ms: u64,
     peer: Option<NodeState>,
     peer_words: Vec<u64>,
@@ -97,9 +100,17 @@ impl Conn {
         matches!(self, Conn::Established(_))
     }
 
-    /// Whether writes are mirrored to the peer (every established mode).
+    /// Whether writes are mirrored to the peer: every established mode, unless the
+    /// peer's disk is detached.
     pub fn replicating(&self) -> bool {
-        self.is_established()
+        matches!(self, Conn::Established(e) if e.peer_disk != DiskState::Diskless)
+    }
+
+    /// Whether the peer can serve reads for this node (its data is UpToDate and it
+    /// speaks [`features::REMOTE_READ`]).
+    pub fn serves_reads(&self) -> bool {
+        matches!(self, Conn::Established(e)
+            if e.peer_disk == DiskState::UpToDate && e.features & features::REMOTE_READ != 0)
     }
 
     /// Whether this node receives a resync.
@@ -174,7 +185,7 @@ impl Conn {
 }
 
 impl Engine {
-    pub(super) fn on_peer_connected(&mut self, session: u64, _features: u64) {
+    pub(super) fn on_peer_connected(&mut self, session: u64, features: u64) {
         if matches!(self.conn, Conn::StandAlone { .. }) {
             self.actions.push(Action::CloseSession {
                 session,
@@ -188,6 +199,7 @@ impl Engine {
         }
         self.conn = Conn::Handshake(Box::new(Handshake {
             session,
+            features,
             last_rx_ms: self.now.mono_ms,
             peer: None,
             peer_words: Vec::new(),
@@ -276,7 +288,7 @@ impl Engine {
         };
         let Some(peer) = h.peer.take() else { return };
         let peer_words = std::mem::take(&mut h.peer_words);
-        let session = h.session;
+        let (session, features) = (h.session, h.features);
 
         // Sizes: the smaller one wins, but a Primary never shrinks under its clients.
         let smaller = peer.usable_bytes.min(self.cfg.usable_bytes);
@@ -305,8 +317,8 @@ impl Engine {
             primary_since_ms: peer.primary_since_ms,
             discard_my_data: peer.flags & state_flags::DISCARD_MY_DATA != 0,
         };
-        let split = is_split_brain(&me, &them);
         let decision = decide(&me, &them, &self.cfg.policy);
+        let split = decision != Decision::Diskless && is_split_brain(&me, &them);
         info!(resource = %self.cfg.resource, peer = %self.cfg.peer, ?decision, split_brain = split,
             my_uuids = ?self.uuids, peer_uuids = ?peer.uuids, "state exchange done");
         if split {
@@ -332,6 +344,7 @@ impl Engine {
                     last_ping_ms: self.now.mono_ms,
                     peer_role: peer.role,
                     peer_disk: peer.disk,
+                    features,
                     mode: Mode::Connected,
                 }));
                 self.event(
@@ -342,6 +355,7 @@ impl Engine {
                 );
                 self.event("peer-role", None, Some(peer.role.to_string()), None);
                 match d {
+                    Decision::Diskless if peer.disk == DiskState::Diskless => self.peer_detached(),
                     Decision::Source(scope) => {
                         self.mark_resync_set(scope, &peer_words);
                         self.start_resync_source();
@@ -416,6 +430,10 @@ impl Engine {
                 Some(st.disk.to_string()),
                 None,
             );
+            if st.disk == DiskState::Diskless {
+                warn!(resource = %self.cfg.resource, peer = %self.cfg.peer, "the peer's disk is detached");
+                self.peer_detached();
+            }
         }
     }
 
@@ -470,6 +488,7 @@ impl Engine {
         }
         self.stop_resync();
         self.stop_verify();
+        self.fail_remote_reads();
         if !was_established {
             return;
         }
@@ -484,9 +503,14 @@ impl Engine {
             self.begin_divergence();
         }
         let mut marked = 0;
+        let diskless = self.diskless();
         for id in pending {
             if let Some(w) = self.writes.get_mut(&id) {
                 w.peer_pending = false;
+                if diskless {
+                    // The peer's copy was the only one.
+                    w.error = Some(libc::EIO);
+                }
                 let r = w.range;
                 marked += self.bitmap.set_range_bytes(r.start, r.end - r.start);
             }
@@ -498,6 +522,9 @@ impl Engine {
         let flushes: Vec<u64> = self.flushes.keys().copied().collect();
         for id in flushes {
             if let Some(f) = self.flushes.get_mut(&id) {
+                if diskless && f.peer_pending {
+                    f.error = Some(libc::EIO);
+                }
                 f.peer_pending = false;
             }
             self.finish_flush_if_done(id);

@@ -30,6 +30,9 @@ struct Node {
     completed: Vec<(ReqId, IoOutcome)>,
     want: bool,
     exported: bool,
+    /// Every local read, write, trim and flush fails with EIO (the metadata area
+    /// still works, as with failing sectors in the data area).
+    failing: bool,
 }
 
 struct Cluster {
@@ -94,6 +97,7 @@ impl Node {
             completed: Vec::new(),
             want: false,
             exported: false,
+            failing: false,
         };
         // Make the initial disk content differ between nodes (it is never synced yet).
         for (i, b) in n.disk.iter_mut().enumerate() {
@@ -237,7 +241,7 @@ impl Cluster {
             t,
             Input::PeerConnected {
                 session: s,
-                features: 0,
+                features: hablock_proto::peer::features::ALL,
             },
         );
         self.collect('a');
@@ -245,7 +249,7 @@ impl Cluster {
             t,
             Input::PeerConnected {
                 session: s,
-                features: 0,
+                features: hablock_proto::peer::features::ALL,
             },
         );
         self.collect('b');
@@ -258,6 +262,24 @@ impl Cluster {
         let Some(act) = node.pending_io.pop_front() else {
             return false;
         };
+        if node.failing {
+            let op = match act {
+                Action::LocalRead { op, .. }
+                | Action::LocalWrite { op, .. }
+                | Action::LocalTrim { op, .. }
+                | Action::LocalFlush { op } => op,
+                _ => return true,
+            };
+            node.engine.handle(
+                t,
+                Input::LocalDone {
+                    op,
+                    outcome: IoOutcome::Failed(libc::EIO),
+                },
+            );
+            self.collect(which);
+            return true;
+        }
         let (op, outcome) = match act {
             Action::LocalRead { op, offset, len } => {
                 let o = offset as usize;
@@ -1266,4 +1288,146 @@ mod random {
             run(ops);
         }
     }
+}
+
+// ---- a failing local disk ----
+
+fn read(c: &mut Cluster, which: char, offset: u64, len: u32) -> ReqId {
+    c.submit(which, IoRequest::Read { offset, len })
+}
+
+#[test]
+fn a_primary_whose_disk_fails_detaches_and_serves_its_device_through_the_peer() {
+    let mut c = Cluster::synced(default_policy());
+    let a_before = c.a.disk.clone();
+    c.a.failing = true;
+    // The write whose local half fails completes: the peer has it.
+    let w1 = c.write('a', 8192, 0x11, 4096);
+    c.settle();
+    assert_eq!(c.outcome('a', w1), Some(IoOutcome::Done));
+    assert_eq!(c.a.engine.disk, DiskState::Diskless);
+    assert_eq!(c.b.engine.status().peer_disk, DiskState::Diskless);
+    assert_eq!(&c.b.disk[8192..12288], &[0x11; 4096][..]);
+    // Reads are served by the peer, writes and flushes go to the peer only.
+    let w2 = c.write('a', 65536, 0x22, 8192);
+    let f = c.submit('a', IoRequest::Flush);
+    c.settle();
+    assert_eq!(c.outcome('a', w2), Some(IoOutcome::Done));
+    assert_eq!(c.outcome('a', f), Some(IoOutcome::Done));
+    let r = read(&mut c, 'a', 8192, 4096);
+    let r2 = read(&mut c, 'a', 65536 + 4096, 4096);
+    c.settle();
+    assert_eq!(
+        c.outcome('a', r),
+        Some(IoOutcome::Data(vec![0x11; 4096].into()))
+    );
+    assert_eq!(
+        c.outcome('a', r2),
+        Some(IoOutcome::Data(vec![0x22; 4096].into()))
+    );
+    assert_eq!(c.a.disk, a_before, "nothing is written to the failed disk");
+    // The peer holds the only copy: a new generation, and what the detached disk lacks
+    // is marked (the failed write, told with OutOfSync, and the later ones).
+    assert_ne!(c.b.engine.uuids.bitmap, 0);
+    assert!(c.b.engine.bitmap.get(8192 / BLOCK_BYTES));
+    assert!(c.b.engine.bitmap.get(65536 / BLOCK_BYTES));
+    // The detach wrote an Inconsistent superblock and a full bitmap; later metadata
+    // writes (which would go to the failing disk) are dropped.
+    assert_eq!(c.a.persisted.state.disk, DiskState::Inconsistent);
+    assert_eq!(c.a.persisted.bitmap.count(), SIZE / BLOCK_BYTES);
+    assert!(matches!(
+        c.cmd('a', Command::Verify),
+        CommandResult::Refused(_)
+    ));
+    assert!(matches!(
+        c.cmd('b', Command::Verify),
+        CommandResult::Refused(_)
+    ));
+    // Without the peer there is no copy left: I/O fails.
+    c.cut();
+    let w3 = c.write('a', 0, 0x33, 4096);
+    let r3 = read(&mut c, 'a', 0, 4096);
+    let f3 = c.submit('a', IoRequest::Flush);
+    c.settle();
+    for req in [w3, r3, f3] {
+        assert_eq!(c.outcome('a', req), Some(IoOutcome::Failed(libc::EIO)));
+    }
+}
+
+#[test]
+fn reads_and_writes_in_flight_when_the_primary_disk_fails_are_finished_by_the_peer() {
+    let mut c = Cluster::synced(default_policy());
+    c.write('a', 0, 0x44, 4096);
+    c.settle();
+    c.a.failing = true;
+    // A read already at the local disk when it fails is asked of the peer instead.
+    let r = read(&mut c, 'a', 0, 4096);
+    let w = c.write('a', 4096, 0x55, 4096);
+    c.settle();
+    assert_eq!(
+        c.outcome('a', r),
+        Some(IoOutcome::Data(vec![0x44; 4096].into()))
+    );
+    assert_eq!(c.outcome('a', w), Some(IoOutcome::Done));
+    // The peer goes away with a read and a write waiting for it: both fail.
+    let r = read(&mut c, 'a', 0, 4096);
+    let w = c.write('a', 8192, 0x66, 4096);
+    c.cut();
+    c.settle();
+    assert_eq!(c.outcome('a', r), Some(IoOutcome::Failed(libc::EIO)));
+    assert_eq!(c.outcome('a', w), Some(IoOutcome::Failed(libc::EIO)));
+    assert!(c.a.engine.is_idle());
+}
+
+#[test]
+fn a_detached_primary_restarted_on_its_old_disk_is_resynced_from_the_peer() {
+    let mut c = Cluster::synced(default_policy());
+    c.a.failing = true;
+    for block in 0..8u64 {
+        c.write('a', block * 65536, 0x70 + block as u8, 4096);
+    }
+    c.settle();
+    assert_eq!(c.a.engine.disk, DiskState::Diskless);
+    // The disk comes back (a loose cable): blockd restarts on it. It says Inconsistent,
+    // so it becomes the target of the peer, which it must not overwrite.
+    c.a.failing = false;
+    c.crash('a');
+    c.settle();
+    assert_eq!(c.a.engine.disk, DiskState::UpToDate);
+    assert_eq!(c.a.disk, c.b.disk);
+    assert_eq!(&c.a.disk[65536..65536 + 4096], &[0x71; 4096][..]);
+}
+
+#[test]
+fn a_secondary_whose_disk_fails_detaches_and_the_primary_goes_on_alone() {
+    let mut c = Cluster::synced(default_policy());
+    c.b.failing = true;
+    let w1 = c.write('a', 0, 0x81, 4096);
+    c.settle();
+    assert_eq!(c.outcome('a', w1), Some(IoOutcome::Done));
+    assert_eq!(c.b.engine.disk, DiskState::Diskless);
+    assert_eq!(c.a.engine.status().peer_disk, DiskState::Diskless);
+    assert_eq!(c.a.engine.status().connection, ConnState::Connected);
+    // Writes are no longer sent; the Primary marks them and starts a new generation.
+    let b_before = c.b.disk.clone();
+    let w2 = c.write('a', 131072, 0x82, 4096);
+    c.settle();
+    assert_eq!(c.outcome('a', w2), Some(IoOutcome::Done));
+    assert_eq!(c.b.disk, b_before);
+    assert!(c.a.engine.bitmap.get(0));
+    assert!(c.a.engine.bitmap.get(131072 / BLOCK_BYTES));
+    assert_ne!(c.a.engine.uuids.bitmap, 0);
+    assert!(c.a.engine.status().out_of_sync_bytes > 0);
+    // A Diskless node cannot be promoted.
+    assert!(matches!(
+        c.cmd('b', Command::Primary { force: true }),
+        CommandResult::Refused(_)
+    ));
+    // The disk is replaced and blockd restarted on it: a full resync from the Primary.
+    c.b.failing = false;
+    c.b.persisted = fresh_persisted();
+    c.crash('b');
+    c.settle();
+    assert_eq!(c.b.engine.disk, DiskState::UpToDate);
+    assert_eq!(c.a.disk, c.b.disk);
 }

@@ -1,0 +1,218 @@
+//! A failed local disk (DRBD's default `on-io-error detach`).
+//!
+//! When an operation on the backing device fails, the node stops using that device
+//! for good and goes `Diskless`; the failed operation and everything after it are
+//! served by the peer where the peer has the data:
+//!
+//! - A Diskless Primary keeps its device: writes and trims go to the peer only (and
+//!   complete when it acknowledges them), flushes are the peer's, and reads are asked
+//!   of the peer ([`Message::ReadReq`], answered with `ReadReply` or `ReadError`). A
+//!   write whose local half failed completes successfully once the peer has it. Without
+//!   a peer that has the data, requests fail with `EIO`: there is no copy left.
+//! - A Diskless Secondary answers replicated writes with `OutOfSync` (the Primary keeps
+//!   them in its bitmap), and the Primary stops sending them once it sees the state.
+//! - The node that still has a disk starts a new data generation the moment it learns
+//!   of the detach and marks in its bitmap every write it applies from then on, so the
+//!   detached disk, if it comes back, is resynced from it.
+//! - The detach writes, best effort (the disk is failing), an `Inconsistent`
+//!   superblock and a full bitmap: a restart on the same disk never trusts it.
+//! - Metadata writes after the detach are dropped: they would go to the failed disk
+//!   (and could block the resource on it).
+
+use super::{Action, Engine, OpKind, ReqId, MAX_WRITE_BYTES};
+use crate::engine::IoOutcome;
+use hablock_proto::peer::Message;
+use hablock_proto::types::DiskState;
+use tracing::{error, info, warn};
+
+/// A read asked of the peer by a Diskless Primary.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RemoteRead {
+    pub(super) req: ReqId,
+    pub(super) len: u32,
+}
+
+impl Engine {
+    /// Whether the local disk is detached.
+    pub(super) fn diskless(&self) -> bool {
+        self.disk == DiskState::Diskless
+    }
+
+    /// A local `what` failed with `errno`: stop using the disk (once).
+    pub(super) fn detach(&mut self, what: &str, errno: i32) {
+        if self.diskless() {
+            return;
+        }
+        let reason = format!("local {what} failed (errno {errno}); the disk is detached");
+        error!(resource = %self.cfg.resource, peer = %self.cfg.peer, "{reason}");
+        if self.conn.replicating() {
+            // The peer keeps what this disk may lack: every write in flight here.
+            let ranges: Vec<_> = self
+                .writes
+                .values()
+                .filter(|w| w.started)
+                .map(|w| w.range)
+                .collect();
+            for r in ranges {
+                self.send(
+                    0,
+                    Message::OutOfSync {
+                        offset: r.start,
+                        len: r.end - r.start,
+                    },
+                );
+            }
+        }
+        // What a restart on this disk finds (best effort: the disk is failing).
+        self.bitmap.set_all();
+        self.actions.push(Action::PersistBitmap);
+        let mut st = self.persisted_state();
+        st.disk = DiskState::Inconsistent;
+        self.actions.push(Action::PersistSuperblock(st));
+        self.metadata_cutoff = Some(self.actions.len());
+        let old = self.disk;
+        self.disk = DiskState::Diskless;
+        self.event(
+            "disk",
+            Some(old.to_string()),
+            Some(DiskState::Diskless.to_string()),
+            Some(reason),
+        );
+        if self.resync.is_some() || self.conn.is_sync_target() || self.verify.is_some() {
+            // Its resync or verify cannot go on: the next session starts over from the
+            // states, where this disk is Diskless.
+            self.lose_session("the local disk failed during a resync or verify", false);
+        } else if self.conn.is_established() {
+            self.announce_state();
+        }
+    }
+
+    /// Drops the metadata writes queued after the detach's own (see the module doc).
+    pub(super) fn drop_metadata_writes(&mut self) {
+        let Some(cut) = self.metadata_cutoff else {
+            return;
+        };
+        let mut i = 0;
+        self.actions.retain(|a| {
+            let keep = i < cut
+                || !matches!(
+                    a,
+                    Action::PersistBitmap
+                        | Action::PersistActivityLog(_)
+                        | Action::PersistSuperblock(_)
+                );
+            i += 1;
+            keep
+        });
+        self.metadata_cutoff = Some(0);
+    }
+
+    /// The peer's disk is detached (learned from its state): this node holds the only
+    /// copy, so it starts a new data generation (see the module doc).
+    pub(super) fn peer_detached(&mut self) {
+        if self.diskless() || self.uuids.bitmap != 0 {
+            return;
+        }
+        self.uuids.bitmap = self.uuids.current;
+        self.uuids.current = self.new_uuid();
+        info!(resource = %self.cfg.resource, peer = %self.cfg.peer, "the peer's disk is detached: new data generation");
+        self.persist_superblock();
+    }
+
+    /// A frontend read on a Diskless Primary: asked of the peer, or failed.
+    pub(super) fn remote_read(&mut self, req: ReqId, offset: u64, len: u32) {
+        if !self.conn.serves_reads() {
+            self.actions.push(Action::Complete {
+                req,
+                outcome: IoOutcome::Failed(libc::EIO),
+            });
+            return;
+        }
+        let id = self.alloc_id();
+        self.remote_reads.insert(id, RemoteRead { req, len });
+        self.send(id, Message::ReadReq { offset, len });
+    }
+
+    /// The peer asks for a range of our disk.
+    pub(super) fn on_read_req(&mut self, frame_id: u64, offset: u64, len: u32) {
+        if self.disk != DiskState::UpToDate {
+            self.send(
+                frame_id,
+                Message::ReadError {
+                    errno: libc::EIO as u32,
+                },
+            );
+            return;
+        }
+        if u64::from(len) > MAX_WRITE_BYTES || !self.in_bounds(offset, u64::from(len)) {
+            self.send(
+                frame_id,
+                Message::ReadError {
+                    errno: libc::EINVAL as u32,
+                },
+            );
+            return;
+        }
+        let op = self.alloc_id();
+        let session = self.conn.session().unwrap_or(0);
+        self.ops.insert(
+            op,
+            OpKind::PeerRead {
+                session,
+                frame_id,
+                offset,
+            },
+        );
+        self.actions.push(Action::LocalRead { op, offset, len });
+    }
+
+    /// Our read for the peer finished.
+    pub(super) fn peer_read_done(
+        &mut self,
+        session: u64,
+        frame_id: u64,
+        offset: u64,
+        outcome: IoOutcome,
+    ) {
+        let msg = match outcome {
+            IoOutcome::Data(payload) => Message::ReadReply { offset, payload },
+            IoOutcome::Failed(e) => Message::ReadError { errno: e as u32 },
+            IoOutcome::Done => Message::ReadError {
+                errno: libc::EIO as u32,
+            },
+        };
+        self.send_on(session, frame_id, msg);
+    }
+
+    /// The peer answered one of our reads.
+    pub(super) fn on_read_answer(&mut self, frame_id: u64, data: Result<bytes::Bytes, u32>) {
+        let Some(r) = self.remote_reads.remove(&frame_id) else {
+            return;
+        };
+        let outcome = match data {
+            Ok(d) if d.len() == r.len as usize => IoOutcome::Data(d),
+            Ok(d) => {
+                warn!(resource = %self.cfg.resource, peer = %self.cfg.peer, asked = r.len, got = d.len(), "the peer answered a read with the wrong length");
+                IoOutcome::Failed(libc::EIO)
+            }
+            Err(errno) => {
+                warn!(resource = %self.cfg.resource, peer = %self.cfg.peer, errno, "the peer could not serve a read");
+                IoOutcome::Failed(libc::EIO)
+            }
+        };
+        self.actions.push(Action::Complete {
+            req: r.req,
+            outcome,
+        });
+    }
+
+    /// The session ended: reads asked of the peer fail.
+    pub(super) fn fail_remote_reads(&mut self) {
+        for (_, r) in std::mem::take(&mut self.remote_reads) {
+            self.actions.push(Action::Complete {
+                req: r.req,
+                outcome: IoOutcome::Failed(libc::EIO),
+            });
+        }
+    }
+}
