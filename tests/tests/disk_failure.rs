@@ -1,0 +1,183 @@
+//! A failing backing device under a running pair (DRBD's `on-io-error detach`): the
+//! master's backing file lives on a small tmpfs that the test fills, so every write to
+//! a hole of the (sparse) file fails with `ENOSPC`, a real error from the kernel. Real
+//! daemons, real NBD clients (qemu-io, fio with verify).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use hablock_tests::{
+    metric, prometheus_samples, qemu_io, require_tool, run_ok, Pair, PairOptions, NODES,
+};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const MASTER: &str = NODES[0];
+const SLAVE: &str = NODES[1];
+
+/// A tmpfs mounted for the test; lazily unmounted when dropped (also on failure).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        run_ok(
+            Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size}"),
+                    "hablock-test-disk",
+                ])
+                .arg(dir),
+        )
+        .unwrap();
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Fills the filesystem: from now on a write that needs a new page fails.
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.0.join("fill")).unwrap();
+        let chunk = vec![0x5au8; 1 << 20];
+        loop {
+            if let Err(e) = f.write_all(&chunk) {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn fio_verify(uri: &str, offset: &str, size: &str) -> String {
+    require_tool("fio");
+    let out = Command::new("fio")
+        .args([
+            "--name=hablock",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=16k",
+            "--iodepth=8",
+            &format!("--offset={offset}"),
+            &format!("--size={size}"),
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--randrepeat=1",
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fio failed: {text}");
+    assert!(!text.contains("verify: bad"), "{text}");
+    text
+}
+
+/// The master's disk fails under load: it detaches, goes on serving its export
+/// through the slave (writes and reads, verified by fio), a switchover keeps every
+/// byte, and a replaced disk is resynced in full.
+#[test]
+fn a_primary_whose_disk_fails_serves_through_the_peer_until_the_disk_is_replaced() {
+    let mut p = Pair::new(PairOptions::default()).unwrap();
+    // The master's backing: a sparse file on a tmpfs with room for its metadata only.
+    let disk = Tmpfs::mount(&p.dir.path().join("master-disk"), "68M");
+    let img = disk.0.join("master.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    std::fs::remove_file(p.backing(MASTER)).unwrap();
+    std::os::unix::fs::symlink(&img, p.backing(MASTER)).unwrap();
+    for n in NODES {
+        p.blockctl_ok(n, &["create-md", "r0"]).unwrap();
+        p.start(n).unwrap();
+    }
+    p.wait_for(MASTER, "connected", |s| s["connection"] == "Connected")
+        .unwrap();
+    p.blockctl_ok(MASTER, &["primary", "--force", "r0"])
+        .unwrap();
+    p.wait_for(SLAVE, "initial sync", |s| s["disk"] == "UpToDate")
+        .unwrap();
+    let uri = p.nbd_uri(MASTER);
+    qemu_io(&uri, &["write -P 0xa1 0 4M", "flush"]).unwrap();
+
+    disk.fill();
+    // This write fails on the master's disk: it completes from the slave's copy.
+    qemu_io(&uri, &["write -P 0xb7 8M 4M", "flush"]).unwrap();
+    let s = p
+        .wait_for(MASTER, "the detach", |s| s["disk"] == "Diskless")
+        .unwrap();
+    assert_eq!(s["role"], "Primary");
+    assert_eq!(s["connection"], "Connected");
+    assert_eq!(s["peer_disk"], "UpToDate");
+    assert!(
+        p.tail(MASTER).contains("the disk is detached"),
+        "{}",
+        p.tail(MASTER)
+    );
+    let t = p
+        .wait_for(SLAVE, "the peer's detach", |s| s["peer_disk"] == "Diskless")
+        .unwrap();
+    assert!(t["out_of_sync_bytes"].as_u64().unwrap() >= 4 << 20, "{t}");
+    // Reads come from the slave now: the data of before and after the failure.
+    qemu_io(&uri, &["read -P 0xa1 0 4M", "read -P 0xb7 8M 4M"]).unwrap();
+    fio_verify(&uri, "16M", "16M");
+    let samples = prometheus_samples(&p.blockctl_ok(MASTER, &["metrics"]).unwrap()).unwrap();
+    let state =
+        |name, value| metric(&samples, name, &[("resource", "r0"), ("state", value)]).unwrap();
+    assert_eq!(state("hablock_block_disk_state", "Diskless"), 1.0);
+    assert_eq!(state("hablock_block_peer_disk_state", "UpToDate"), 1.0);
+    // The slave's file has what the master acknowledged.
+    let slave_img = std::fs::read(p.backing(SLAVE)).unwrap();
+    assert!(slave_img[8 << 20..12 << 20].iter().all(|&b| b == 0xb7));
+    // Verify needs two copies; the detached node cannot be promoted again.
+    assert_eq!(
+        p.blockctl(MASTER, &["verify", "r0"]).unwrap().status.code(),
+        Some(1)
+    );
+
+    // Switchover to the slave: every byte is there.
+    p.blockctl_ok(MASTER, &["secondary", "r0"]).unwrap();
+    assert_eq!(
+        p.blockctl(MASTER, &["primary", "r0"])
+            .unwrap()
+            .status
+            .code(),
+        Some(1)
+    );
+    p.blockctl_ok(SLAVE, &["primary", "r0"]).unwrap();
+    qemu_io(
+        &p.nbd_uri(SLAVE),
+        &["read -P 0xa1 0 4M", "read -P 0xb7 8M 4M"],
+    )
+    .unwrap();
+    fio_verify(&p.nbd_uri(SLAVE), "40M", "8M");
+
+    // The disk is replaced: new metadata, blockd started on it, a full resync.
+    p.stop(MASTER).unwrap();
+    drop(disk);
+    std::fs::remove_file(p.backing(MASTER)).unwrap();
+    std::fs::File::create(p.backing(MASTER))
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    p.blockctl_ok(MASTER, &["create-md", "--force", "r0"])
+        .unwrap();
+    p.start(MASTER).unwrap();
+    p.wait_for(MASTER, "the resync to the new disk", |s| {
+        s["disk"] == "UpToDate" && s["connection"] == "Connected"
+    })
+    .unwrap();
+    p.blockctl_ok(SLAVE, &["verify", "--wait", "r0"]).unwrap();
+    assert_eq!(
+        p.status(SLAVE).unwrap()["last_verify"]["out_of_sync_bytes"],
+        0
+    );
+}
