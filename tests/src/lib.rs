@@ -510,6 +510,61 @@ pub fn qemu_io(uri: &str, cmds: &[&str]) -> Result<String> {
     Ok(out)
 }
 
+/// A node's backing file on a small tmpfs of its own, to make the disk fail on demand:
+/// the file is sparse, so once the filesystem is full ([`FailingDisk::fail`]) every
+/// write into a hole fails with `ENOSPC`, a real error from the kernel (this host has
+/// no device-mapper for `error`/`flakey` targets). A symlink stays at the backing's
+/// path. Lazily unmounted when dropped, also when a test fails.
+pub struct FailingDisk {
+    dir: PathBuf,
+}
+
+impl FailingDisk {
+    /// Mounts a tmpfs at `dir` and replaces the file at `backing` with a sparse one of
+    /// `size` bytes on it; the tmpfs has room for the metadata blockd writes.
+    pub fn under(backing: &Path, dir: &Path, size: u64) -> Result<FailingDisk> {
+        fs::create_dir_all(dir)?;
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={}", size + (4 << 20)))
+                .arg("hablock-test-disk")
+                .arg(dir),
+        )?;
+        let disk = FailingDisk {
+            dir: dir.to_path_buf(),
+        };
+        let img = dir.join("backing.img");
+        fs::File::create(&img)?.set_len(size)?;
+        if backing.exists() || backing.is_symlink() {
+            fs::remove_file(backing)?;
+        }
+        std::os::unix::fs::symlink(&img, backing)?;
+        Ok(disk)
+    }
+
+    /// Fills the filesystem: from now on a write that needs a new page fails.
+    pub fn fail(&self) -> Result<()> {
+        use std::io::Write;
+        let mut f = fs::File::create(self.dir.join("fill"))?;
+        let chunk = vec![0x5au8; 1 << 20];
+        loop {
+            if let Err(e) = f.write_all(&chunk) {
+                if e.raw_os_error() == Some(libc::ENOSPC) {
+                    return Ok(());
+                }
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+impl Drop for FailingDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
 /// Replaces `from` by `to` in the file at `path` (an operator's edit of a config file);
 /// fails the test if `from` is not there.
 pub fn edit_file(path: &Path, from: &str, to: &str) {

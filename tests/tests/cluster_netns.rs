@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use hablock_tests::netns::{pcap_udp_payloads, Lab, LabOptions, HB_PORT, MASTER, SLAVE, VIP};
-use hablock_tests::{edit_file, metric, prometheus_samples};
+use hablock_tests::{edit_file, metric, prometheus_samples, qemu_io, FailingDisk};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
@@ -751,4 +751,51 @@ fn clusterd_starts_before_its_addresses_exist() {
         .unwrap();
     assert_eq!(group(&s)["holder"], MASTER);
     lab.wait_group(MASTER, MASTER, T).unwrap();
+}
+
+/// The holder's disk fails: blockd detaches it and keeps the device served through the
+/// peer (the write that hit the failure completes), the block resource's health check
+/// fails, a local restart cannot promote a Diskless copy, and the group moves to the
+/// node that has the data on its own disk.
+#[test]
+fn a_holder_whose_disk_fails_hands_the_group_to_the_peer() {
+    let mut lab = Lab::new(LabOptions::default()).unwrap();
+    let dir = lab.dir.path().to_path_buf();
+    edit_file(
+        &lab.config,
+        "connect_interval = \"200ms\"",
+        &format!(
+            "connect_interval = \"200ms\"\nnbd_socket = \"{}/run-{{node}}/r0.nbd\"",
+            dir.display()
+        ),
+    );
+    let disk =
+        FailingDisk::under(&dir.join("master.img"), &dir.join("master-disk"), 32 << 20).unwrap();
+    lab.start_blockd_synced().unwrap();
+    lab.start(MASTER, "clusterd").unwrap();
+    lab.start(SLAVE, "clusterd").unwrap();
+    lab.wait_group(MASTER, MASTER, T).unwrap();
+    let uri = |node: &str| format!("nbd+unix:///r0?socket={}/run-{node}/r0.nbd", dir.display());
+
+    disk.fail().unwrap();
+    qemu_io(&uri(MASTER), &["write -P 0xc3 4M 1M", "flush"]).unwrap();
+    let b = lab
+        .wait_block(MASTER, "the detach", T, |b| b["disk"] == "Diskless")
+        .unwrap();
+    assert_eq!(b["peer_disk"], "UpToDate");
+    let s = lab
+        .wait_group(SLAVE, SLAVE, Duration::from_secs(40))
+        .unwrap();
+    assert_eq!(group(&s)["holder"], SLAVE);
+    lab.client_get_within(Duration::from_secs(5)).unwrap();
+    let log = std::fs::read_to_string(lab.log(MASTER, "clusterd")).unwrap();
+    assert!(log.contains("health check failed"), "{log}");
+    assert!(log.contains("detached"), "{log}");
+    assert_eq!(group(&lab.status(MASTER).unwrap())["state"], "failed");
+    assert_eq!(lab.block_status(MASTER).unwrap()["role"], "Secondary");
+    let slave = lab.block_status(SLAVE).unwrap();
+    assert_eq!(slave["role"], "Primary");
+    assert_eq!(slave["peer_disk"], "Diskless");
+    // What the master acknowledged after its disk failed is on the new holder.
+    qemu_io(&uri(SLAVE), &["read -P 0xc3 4M 1M"]).unwrap();
 }

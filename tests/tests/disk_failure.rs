@@ -1,63 +1,25 @@
 //! A failing backing device under a running pair (DRBD's `on-io-error detach`): the
-//! master's backing file lives on a small tmpfs that the test fills, so every write to
-//! a hole of the (sparse) file fails with `ENOSPC`, a real error from the kernel. Real
-//! daemons, real NBD clients (qemu-io, fio with verify).
+//! master's backing file lives on a small tmpfs that the test fills ([`FailingDisk`]),
+//! so every write to a hole of the (sparse) file fails with `ENOSPC`, a real error from
+//! the kernel. Real daemons, real NBD clients (qemu-io, fio with verify).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use hablock_tests::{
-    metric, prometheus_samples, qemu_io, require_tool, run_ok, Pair, PairOptions, NODES,
+    metric, prometheus_samples, qemu_io, require_tool, FailingDisk, Pair, PairOptions, NODES,
 };
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const MASTER: &str = NODES[0];
 const SLAVE: &str = NODES[1];
 
-/// A tmpfs mounted for the test; lazily unmounted when dropped (also on failure).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        run_ok(
-            Command::new("mount")
-                .args([
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    &format!("size={size}"),
-                    "hablock-test-disk",
-                ])
-                .arg(dir),
-        )
-        .unwrap();
-        Tmpfs(dir.to_path_buf())
-    }
-
-    /// Fills the filesystem: from now on a write that needs a new page fails.
-    fn fill(&self) {
-        let mut f = std::fs::File::create(self.0.join("fill")).unwrap();
-        let chunk = vec![0x5au8; 1 << 20];
-        loop {
-            if let Err(e) = f.write_all(&chunk) {
-                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
-                return;
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn fio_verify(uri: &str, offset: &str, size: &str) -> String {
+/// fio writes `size` bytes at `offset` through `uri` and reads them back verified; its
+/// state files go to `dir`.
+fn fio_verify(dir: &Path, uri: &str, offset: &str, size: &str) -> String {
     require_tool("fio");
     let out = Command::new("fio")
+        .current_dir(dir)
         .args([
             "--name=hablock",
             "--ioengine=nbd",
@@ -87,14 +49,12 @@ fn fio_verify(uri: &str, offset: &str, size: &str) -> String {
 fn a_primary_whose_disk_fails_serves_through_the_peer_until_the_disk_is_replaced() {
     let mut p = Pair::new(PairOptions::default()).unwrap();
     // The master's backing: a sparse file on a tmpfs with room for its metadata only.
-    let disk = Tmpfs::mount(&p.dir.path().join("master-disk"), "68M");
-    let img = disk.0.join("master.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    std::fs::remove_file(p.backing(MASTER)).unwrap();
-    std::os::unix::fs::symlink(&img, p.backing(MASTER)).unwrap();
+    let disk = FailingDisk::under(
+        &p.backing(MASTER),
+        &p.dir.path().join("master-disk"),
+        64 << 20,
+    )
+    .unwrap();
     for n in NODES {
         p.blockctl_ok(n, &["create-md", "r0"]).unwrap();
         p.start(n).unwrap();
@@ -108,7 +68,7 @@ fn a_primary_whose_disk_fails_serves_through_the_peer_until_the_disk_is_replaced
     let uri = p.nbd_uri(MASTER);
     qemu_io(&uri, &["write -P 0xa1 0 4M", "flush"]).unwrap();
 
-    disk.fill();
+    disk.fail().unwrap();
     // This write fails on the master's disk: it completes from the slave's copy.
     qemu_io(&uri, &["write -P 0xb7 8M 4M", "flush"]).unwrap();
     let s = p
@@ -128,7 +88,7 @@ fn a_primary_whose_disk_fails_serves_through_the_peer_until_the_disk_is_replaced
     assert!(t["out_of_sync_bytes"].as_u64().unwrap() >= 4 << 20, "{t}");
     // Reads come from the slave now: the data of before and after the failure.
     qemu_io(&uri, &["read -P 0xa1 0 4M", "read -P 0xb7 8M 4M"]).unwrap();
-    fio_verify(&uri, "16M", "16M");
+    fio_verify(p.dir.path(), &uri, "16M", "16M");
     let samples = prometheus_samples(&p.blockctl_ok(MASTER, &["metrics"]).unwrap()).unwrap();
     let state =
         |name, value| metric(&samples, name, &[("resource", "r0"), ("state", value)]).unwrap();
@@ -158,7 +118,7 @@ fn a_primary_whose_disk_fails_serves_through_the_peer_until_the_disk_is_replaced
         &["read -P 0xa1 0 4M", "read -P 0xb7 8M 4M"],
     )
     .unwrap();
-    fio_verify(&p.nbd_uri(SLAVE), "40M", "8M");
+    fio_verify(p.dir.path(), &p.nbd_uri(SLAVE), "40M", "8M");
 
     // The disk is replaced: new metadata, blockd started on it, a full resync.
     p.stop(MASTER).unwrap();

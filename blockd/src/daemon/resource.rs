@@ -485,6 +485,11 @@ impl ResourceTask {
             e.task.abort();
             let _ = std::fs::remove_file(&e.path);
         }
+        if !self.engine.disk_attached() {
+            // The detach persisted what it could; the failed disk gets nothing more.
+            info!(resource = %self.name, "stopped (the disk is detached)");
+            return;
+        }
         let clean = self.engine.is_idle();
         let mut st = self.engine.persisted_state();
         if clean && !leave_primary && self.engine.role() == hablock_proto::types::Role::Primary {

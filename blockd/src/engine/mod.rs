@@ -635,6 +635,11 @@ impl Engine {
         &mut self.bitmap
     }
 
+    /// Whether the backing device is in use (not detached after an I/O error).
+    pub fn disk_attached(&self) -> bool {
+        !self.diskless()
+    }
+
     /// This node's role.
     pub fn role(&self) -> Role {
         self.role

@@ -96,6 +96,11 @@ pub async fn promote(ctx: &AgentContext, resource: &str) -> StepResult {
         if st.disk == DiskState::UpToDate && !syncing {
             break st;
         }
+        if st.disk == DiskState::Diskless {
+            return Err(StepError::Failed(format!(
+                "{resource}: the local disk is detached (Diskless) after an I/O error"
+            )));
+        }
         if !connected(st.connection) || tokio::time::Instant::now() >= deadline {
             return Err(StepError::Failed(format!(
                 "{resource}: local data is {} ({}), refusing to promote it",
@@ -110,6 +115,16 @@ pub async fn promote(ctx: &AgentContext, resource: &str) -> StepResult {
         force,
     };
     expect_ok(call(&blockd_socket(&ctx.run_dir), &req, ctx.blockd_timeout).await?)
+}
+
+/// The health check of a running block resource: its local disk is attached. A disk
+/// that failed (blockd detached it and serves the device through the peer) fails the
+/// check, so the group moves to the node that has the data on its own disk (a restart
+/// here fails at once: a Diskless copy is never promoted). No answer from blockd is no
+/// verdict (`None`): its own supervision (systemd) covers that.
+pub async fn check(ctx: &AgentContext, resource: &str, timeout: Duration) -> Option<bool> {
+    let st = status(&ctx.run_dir, resource, timeout).await.ok()?;
+    Some(st.disk != DiskState::Diskless)
 }
 
 /// Demotes the resource.
