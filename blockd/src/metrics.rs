@@ -215,6 +215,7 @@ mod tests {
             devices: vec!["/dev/ublkb0".into()],
             last_verify: None,
             standalone_reason: None,
+            detach_reason: None,
             statistics: IoStatistics {
                 disk_written_bytes: 1 << 20,
                 peer_pending: 2,

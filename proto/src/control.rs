@@ -307,6 +307,9 @@ pub struct ResourceStatus {
     /// Why the connection is StandAlone, if it is.
     #[serde(default)]
     pub standalone_reason: Option<String>,
+    /// Why the disk is Diskless, if it was detached after an I/O error.
+    #[serde(default)]
+    pub detach_reason: Option<String>,
     /// I/O counters since blockd started and what is in flight now.
     #[serde(default)]
     pub statistics: IoStatistics,

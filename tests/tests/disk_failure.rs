@@ -77,6 +77,12 @@ fn a_primary_whose_disk_fails_serves_through_the_peer_until_the_disk_is_replaced
     assert_eq!(s["role"], "Primary");
     assert_eq!(s["connection"], "Connected");
     assert_eq!(s["peer_disk"], "UpToDate");
+    assert_eq!(s["detach_reason"], "local write failed (errno 28)");
+    let human = p.blockctl_ok(MASTER, &["status"]).unwrap();
+    assert!(
+        human.contains("disk detached: local write failed (errno 28)"),
+        "{human}"
+    );
     assert!(
         p.tail(MASTER).contains("the disk is detached"),
         "{}",

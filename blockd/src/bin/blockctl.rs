@@ -310,6 +310,9 @@ fn render_status(r: &ResourceStatus) -> String {
     if let Some(why) = &r.standalone_reason {
         s += &format!("    standalone: {why}\n");
     }
+    if let Some(why) = &r.detach_reason {
+        s += &format!("    disk detached: {why}; I/O is served by the peer\n");
+    }
     if !r.devices.is_empty() {
         s += &format!("    devices: {}\n", r.devices.join(" "));
     }

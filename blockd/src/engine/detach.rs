@@ -43,7 +43,8 @@ impl Engine {
         if self.diskless() {
             return;
         }
-        let reason = format!("local {what} failed (errno {errno}); the disk is detached");
+        let cause = format!("local {what} failed (errno {errno})");
+        let reason = format!("{cause}; the disk is detached");
         error!(resource = %self.cfg.resource, peer = %self.cfg.peer, "{reason}");
         if self.conn.replicating() {
             // The peer keeps what this disk may lack: every write in flight here.
@@ -78,6 +79,7 @@ impl Engine {
             Some(DiskState::Diskless.to_string()),
             Some(reason),
         );
+        self.detach_reason = Some(cause);
         if self.resync.is_some() || self.conn.is_sync_target() || self.verify.is_some() {
             // Its resync or verify cannot go on: the next session starts over from the
             // states, where this disk is Diskless.

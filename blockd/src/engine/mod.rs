@@ -471,6 +471,8 @@ pub struct Engine {
     remote_reads: HashMap<u64, detach::RemoteRead>,
     /// After a detach: metadata writes queued from this index on are dropped.
     metadata_cutoff: Option<usize>,
+    /// Why the disk was detached (the failed operation and its errno).
+    detach_reason: Option<String>,
     actions: Vec<Action>,
 }
 
@@ -528,6 +530,7 @@ impl Engine {
             counters: IoStatistics::default(),
             remote_reads: HashMap::new(),
             metadata_cutoff: None,
+            detach_reason: None,
             actions: Vec::new(),
             cfg,
         };
@@ -696,6 +699,7 @@ impl Engine {
             devices: Vec::new(),
             last_verify: self.last_verify.clone(),
             standalone_reason: self.conn.standalone_reason(),
+            detach_reason: self.detach_reason.clone(),
             statistics: self.statistics(),
         }
     }

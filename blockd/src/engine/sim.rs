@@ -1306,7 +1306,12 @@ fn a_primary_whose_disk_fails_detaches_and_serves_its_device_through_the_peer() 
     c.settle();
     assert_eq!(c.outcome('a', w1), Some(IoOutcome::Done));
     assert_eq!(c.a.engine.disk, DiskState::Diskless);
+    assert_eq!(
+        c.a.engine.status().detach_reason.as_deref(),
+        Some("local write failed (errno 5)")
+    );
     assert_eq!(c.b.engine.status().peer_disk, DiskState::Diskless);
+    assert_eq!(c.b.engine.status().detach_reason, None);
     assert_eq!(&c.b.disk[8192..12288], &[0x11; 4096][..]);
     // Reads are served by the peer, writes and flushes go to the peer only.
     let w2 = c.write('a', 65536, 0x22, 8192);
