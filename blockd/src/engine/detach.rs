@@ -25,6 +25,13 @@ use hablock_proto::peer::Message;
 use hablock_proto::types::DiskState;
 use tracing::{error, info, warn};
 
+/// Whether a failed local operation's errno means the disk failed. A request the
+/// device refuses as such (not supported, invalid) fails alone: it says nothing about
+/// the disk.
+pub(super) fn is_disk_failure(errno: i32) -> bool {
+    !matches!(errno, libc::EOPNOTSUPP | libc::EINVAL)
+}
+
 /// A read asked of the peer by a Diskless Primary.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RemoteRead {

@@ -330,6 +330,8 @@ struct AppWrite {
     peer_pending: bool,
     /// The peer acknowledged it.
     mirrored: bool,
+    /// The local half failed (the range stays marked for a resync).
+    local_failed: bool,
     sent_ms: u64,
     error: Option<i32>,
 }
@@ -968,6 +970,7 @@ impl Engine {
                 local_done: false,
                 peer_pending: false,
                 mirrored: false,
+                local_failed: false,
                 sent_ms: 0,
                 error: None,
             },
@@ -1078,7 +1081,7 @@ impl Engine {
         let (offset, len) = (w.range.start, w.range.end - w.range.start);
         if w.al_held {
             self.al.complete(offset, len);
-        } else if w.error.is_none() && w.mirrored && !self.diskless() {
+        } else if w.error.is_none() && w.mirrored && !w.local_failed && !self.diskless() {
             self.bitmap.clear_range_full_blocks(offset, len);
         }
         let outcome = match w.error {
@@ -1123,7 +1126,7 @@ impl Engine {
             IoOutcome::Failed(e) => Some(e),
             _ => None,
         };
-        if let Some(e) = failed {
+        if let Some(e) = failed.filter(|e| detach::is_disk_failure(*e)) {
             self.detach(kind.describe(), e);
         }
         match kind {
@@ -1135,15 +1138,22 @@ impl Engine {
                 }
             }
             OpKind::AppWrite(id) => {
+                let attached = !self.diskless();
                 if let Some(w) = self.writes.get_mut(&id) {
                     w.local_done = true;
-                    // The peer's copy (sent or already acknowledged) carries the write.
-                    if let Some(e) = failed.filter(|_| !w.peer_pending && !w.mirrored) {
-                        w.error = Some(e);
+                    if let Some(e) = failed {
+                        w.local_failed = true;
                         let r = w.range;
-                        warn!(resource = %self.cfg.resource, offset = r.start, errno = e, "local write failed and the peer does not have it");
-                        // The local copy of this range is now unknown.
-                        self.bitmap.set_range_bytes(r.start, r.end - r.start);
+                        if attached {
+                            // The local copy of this range is now unknown.
+                            self.bitmap.set_range_bytes(r.start, r.end - r.start);
+                        }
+                        // The peer's copy (sent or already acknowledged) carries the
+                        // write; without one it fails.
+                        if !w.peer_pending && !w.mirrored {
+                            w.error = Some(e);
+                            warn!(resource = %self.cfg.resource, offset = r.start, errno = e, "local write failed and the peer does not have it");
+                        }
                     }
                 }
                 self.finish_write_if_done(id);

@@ -1404,6 +1404,29 @@ fn a_detached_primary_restarted_on_its_old_disk_is_resynced_from_the_peer() {
 }
 
 #[test]
+fn a_request_the_disk_refuses_fails_alone_without_a_detach() {
+    let mut c = Cluster::synced(default_policy());
+    let w = c.write('a', 0, 0x91, 4096);
+    let Some(Action::LocalWrite { op, .. }) = c.a.pending_io.pop_front() else {
+        panic!("no local write queued");
+    };
+    let t = c.t();
+    c.a.engine.handle(
+        t,
+        Input::LocalDone {
+            op,
+            outcome: IoOutcome::Failed(libc::EOPNOTSUPP),
+        },
+    );
+    c.collect('a');
+    c.settle();
+    assert_eq!(c.a.engine.disk, DiskState::UpToDate);
+    // The peer has it: the write completes; the local range is marked for a resync.
+    assert_eq!(c.outcome('a', w), Some(IoOutcome::Done));
+    assert!(c.a.engine.bitmap.get(0));
+}
+
+#[test]
 fn a_secondary_whose_disk_fails_detaches_and_the_primary_goes_on_alone() {
     let mut c = Cluster::synced(default_policy());
     c.b.failing = true;
