@@ -128,6 +128,13 @@ impl Engine {
         self.persist_superblock();
     }
 
+    /// A replicated write reached this Diskless node: nothing to write it to. The
+    /// Primary keeps the range in its bitmap.
+    pub(super) fn skip_peer_write(&mut self, frame_id: u64, offset: u64, len: u64) {
+        self.send(0, Message::OutOfSync { offset, len });
+        self.send(frame_id, Message::DataAck);
+    }
+
     /// A frontend read on a Diskless Primary: asked of the peer, or failed.
     pub(super) fn remote_read(&mut self, req: ReqId, offset: u64, len: u32) {
         if !self.conn.serves_reads() {

@@ -1217,15 +1217,11 @@ impl Engine {
         }
         let id = frame.id;
         match frame.msg {
-            Message::Data { offset, .. } | Message::Trim { offset, .. } if self.diskless() => {
-                // Nothing to write to: the Primary keeps the range in its bitmap.
-                let len = match &frame.msg {
-                    Message::Data { payload, .. } => payload.len() as u64,
-                    Message::Trim { len, .. } => *len,
-                    _ => 0,
-                };
-                self.send(id, Message::OutOfSync { offset, len });
-                self.send(id, Message::DataAck);
+            Message::Data {
+                offset, payload, ..
+            } if self.diskless() => self.skip_peer_write(id, offset, payload.len() as u64),
+            Message::Trim { offset, len, .. } if self.diskless() => {
+                self.skip_peer_write(id, offset, len)
             }
             Message::Data {
                 offset,

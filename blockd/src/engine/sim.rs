@@ -1430,9 +1430,14 @@ fn a_request_the_disk_refuses_fails_alone_without_a_detach() {
 fn a_secondary_whose_disk_fails_detaches_and_the_primary_goes_on_alone() {
     let mut c = Cluster::synced(default_policy());
     c.b.failing = true;
+    // Two writes on the wire: the first fails on b's disk, the second reaches b once it
+    // is Diskless (it has nothing to write it to and says so).
     let w1 = c.write('a', 0, 0x81, 4096);
+    let w1b = c.write('a', 262144, 0x83, 4096);
     c.settle();
     assert_eq!(c.outcome('a', w1), Some(IoOutcome::Done));
+    assert_eq!(c.outcome('a', w1b), Some(IoOutcome::Done));
+    assert!(c.a.engine.bitmap.get(262144 / BLOCK_BYTES));
     assert_eq!(c.b.engine.disk, DiskState::Diskless);
     assert_eq!(c.a.engine.status().peer_disk, DiskState::Diskless);
     assert_eq!(c.a.engine.status().connection, ConnState::Connected);
