@@ -213,6 +213,16 @@ pub enum Request {
         /// Resource name.
         resource: String,
     },
+    /// Stop using the local disk; the peer serves the I/O.
+    Detach {
+        /// Resource name.
+        resource: String,
+    },
+    /// Open the local disk again after a detach; it is resynced in full.
+    Attach {
+        /// Resource name.
+        resource: String,
+    },
     /// Subscribe: the connection then carries [`Response::Event`]s until closed.
     Events,
     /// Read the configuration file again and apply what a running daemon can change

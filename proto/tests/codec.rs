@@ -137,6 +137,31 @@ fn control_golden_vectors() {
 }
 
 #[test]
+fn control_detach_and_attach_bodies() {
+    for (req, body) in [
+        (
+            Request::Detach {
+                resource: "r0".into(),
+            },
+            &br#"{"cmd":"detach","resource":"r0"}"#[..],
+        ),
+        (
+            Request::Attach {
+                resource: "r0".into(),
+            },
+            &br#"{"cmd":"attach","resource":"r0"}"#[..],
+        ),
+    ] {
+        let bytes = frame_with_body(body);
+        assert_eq!(control::encode_request(&req), bytes);
+        assert_eq!(
+            control::decode_request(&bytes).unwrap().unwrap(),
+            (req, bytes.len())
+        );
+    }
+}
+
+#[test]
 fn control_reload_bodies() {
     let req = frame_with_body(br#"{"cmd":"reload"}"#);
     assert_eq!(control::encode_request(&Request::Reload), req);

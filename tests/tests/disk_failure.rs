@@ -44,7 +44,7 @@ fn fio_verify(dir: &Path, uri: &str, offset: &str, size: &str) -> String {
 
 /// The master's disk fails under load: it detaches, goes on serving its export
 /// through the slave (writes and reads, verified by fio), a switchover keeps every
-/// byte, and a replaced disk is resynced in full.
+/// byte, and a replaced disk, attached to the running blockd, is resynced in full.
 #[test]
 fn a_primary_whose_disk_fails_serves_through_the_peer_until_the_disk_is_replaced() {
     let mut p = Pair::new(PairOptions::default()).unwrap();
@@ -126,8 +126,16 @@ fn a_primary_whose_disk_fails_serves_through_the_peer_until_the_disk_is_replaced
     .unwrap();
     fio_verify(p.dir.path(), &p.nbd_uri(SLAVE), "40M", "8M");
 
-    // The disk is replaced: new metadata, blockd started on it, a full resync.
-    p.stop(MASTER).unwrap();
+    // Attaching the disk that still fails: the resync onto it fails and detaches it
+    // again; the Primary is not disturbed.
+    p.blockctl_ok(MASTER, &["attach", "r0"]).unwrap();
+    p.wait_for(MASTER, "the failing disk detached again", |s| {
+        s["disk"] == "Diskless" && s["connection"] == "Connected"
+    })
+    .unwrap();
+    qemu_io(&p.nbd_uri(SLAVE), &["read -P 0xb7 8M 4M"]).unwrap();
+    // The disk is replaced under the running blockd: new metadata, `blockctl attach`,
+    // a full resync.
     drop(disk);
     std::fs::remove_file(p.backing(MASTER)).unwrap();
     std::fs::File::create(p.backing(MASTER))
@@ -136,14 +144,61 @@ fn a_primary_whose_disk_fails_serves_through_the_peer_until_the_disk_is_replaced
         .unwrap();
     p.blockctl_ok(MASTER, &["create-md", "--force", "r0"])
         .unwrap();
-    p.start(MASTER).unwrap();
-    p.wait_for(MASTER, "the resync to the new disk", |s| {
-        s["disk"] == "UpToDate" && s["connection"] == "Connected"
-    })
-    .unwrap();
+    p.blockctl_ok(MASTER, &["attach", "r0"]).unwrap();
+    let s = p
+        .wait_for(MASTER, "the resync to the new disk", |s| {
+            s["disk"] == "UpToDate" && s["connection"] == "Connected"
+        })
+        .unwrap();
+    assert!(s["detach_reason"].is_null(), "{s}");
     p.blockctl_ok(SLAVE, &["verify", "--wait", "r0"]).unwrap();
     assert_eq!(
         p.status(SLAVE).unwrap()["last_verify"]["out_of_sync_bytes"],
         0
     );
+}
+
+/// `blockctl detach` and `attach` on the Secondary while fio writes through the
+/// Primary: the writes go on (marked for the Secondary), the same disk attached again
+/// is resynced in full, and both copies end identical.
+#[test]
+fn the_operator_detaches_and_attaches_the_secondary_disk_under_load() {
+    let p = Pair::synced(PairOptions::default()).unwrap();
+    let uri = p.nbd_uri(MASTER);
+    qemu_io(&uri, &["write -P 0x3c 0 8M", "flush"]).unwrap();
+    // No new metadata under a blockd that uses the disk.
+    let out = p.blockctl(SLAVE, &["create-md", "--force", "r0"]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("detach"));
+    p.blockctl_ok(SLAVE, &["detach", "r0"]).unwrap();
+    let s = p.status(SLAVE).unwrap();
+    assert_eq!(s["disk"], "Diskless");
+    assert_eq!(s["detach_reason"], "detached by the operator");
+    p.wait_for(MASTER, "the peer's detach", |s| {
+        s["peer_disk"] == "Diskless"
+    })
+    .unwrap();
+    // A Primary whose peer is Diskless keeps its own disk.
+    assert_eq!(
+        p.blockctl(MASTER, &["detach", "r0"]).unwrap().status.code(),
+        Some(1)
+    );
+    fio_verify(p.dir.path(), &uri, "16M", "16M");
+    assert!(
+        p.status(MASTER).unwrap()["out_of_sync_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    p.blockctl_ok(SLAVE, &["attach", "r0"]).unwrap();
+    p.wait_for(MASTER, "the resync of the attached disk", |s| {
+        s["peer_disk"] == "UpToDate" && s["out_of_sync_bytes"] == 0
+    })
+    .unwrap();
+    p.blockctl_ok(MASTER, &["verify", "--wait", "r0"]).unwrap();
+    assert_eq!(
+        p.status(MASTER).unwrap()["last_verify"]["out_of_sync_bytes"],
+        0
+    );
+    qemu_io(&uri, &["read -P 0x3c 0 8M"]).unwrap();
 }

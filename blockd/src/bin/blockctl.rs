@@ -8,7 +8,7 @@ use hablock_config::cli::blockd_socket as control_socket;
 use hablock_config::cli::CommonOptions;
 use hablock_config::format_size;
 use hablock_proto::control::{Request, ResourceStatus, Response};
-use hablock_proto::types::ConnState;
+use hablock_proto::types::{ConnState, DiskState};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -76,6 +76,18 @@ enum Cmd {
     },
     /// Mark all local data out of sync and resync it from the peer.
     Invalidate {
+        /// Resource name.
+        resource: String,
+    },
+    /// Stop using the local disk (before pulling it): the peer serves the I/O, as after
+    /// an I/O error. Refused on a Primary whose peer has no UpToDate copy.
+    Detach {
+        /// Resource name.
+        resource: String,
+    },
+    /// Use the local disk again after a detach (on a new disk, run `create-md --force`
+    /// first): it is resynced in full from the peer. Not on a Primary.
+    Attach {
         /// Resource name.
         resource: String,
     },
@@ -165,6 +177,8 @@ fn run(args: Args) -> Result<(), Failure> {
         }),
         Cmd::Disconnect { resource } => simple(Request::Disconnect { resource }),
         Cmd::Invalidate { resource } => simple(Request::Invalidate { resource }),
+        Cmd::Detach { resource } => simple(Request::Detach { resource }),
+        Cmd::Attach { resource } => simple(Request::Attach { resource }),
         Cmd::Verify { resource, wait } => verify(&sock, resource, wait),
         Cmd::Events { json } => events(&sock, json),
         Cmd::Reload => reload(&sock),
@@ -220,14 +234,15 @@ fn create_md(common: &CommonOptions, resource: &str, force: bool) -> Result<(), 
             known.join(", ")
         )));
     };
-    // Never write metadata under a running blockd.
+    // Never write metadata under a running blockd that uses the disk (a detached one
+    // is being replaced: `create-md`, then `attach`).
     if let Ok(mut c) = Client::connect(&control_socket(&common.run_dir)) {
         if let Ok(Response::Status(st)) = c.call(&Request::Status {
             resource: Some(resource.to_string()),
         }) {
-            if !st.resources.is_empty() {
+            if st.resources.iter().any(|r| r.disk != DiskState::Diskless) {
                 return Err(refused(format!(
-                    "blockd is serving {resource}; stop it before create-md"
+                    "blockd is serving {resource} on its disk; stop it (or `blockctl detach {resource}`) before create-md"
                 )));
             }
         }

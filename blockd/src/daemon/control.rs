@@ -148,12 +148,25 @@ async fn dispatch(state: &ControlState, request: Request) -> Response {
         Request::Disconnect { resource } => (resource, Command::Disconnect),
         Request::Verify { resource } => (resource, Command::Verify),
         Request::Invalidate { resource } => (resource, Command::Invalidate),
+        Request::Detach { resource } => (resource, Command::Detach),
+        Request::Attach { resource } => {
+            return ask(state, &resource, |reply| ResourceMsg::Attach { reply }).await
+        }
     };
-    let Some(tx) = state.resources.get(&name) else {
-        return unknown(state, &name);
+    ask(state, &name, |reply| ResourceMsg::Command { cmd, reply }).await
+}
+
+/// Sends resource `name` the message `msg` makes with a reply channel; the reply.
+async fn ask(
+    state: &ControlState,
+    name: &str,
+    msg: impl FnOnce(oneshot::Sender<CommandResult>) -> ResourceMsg,
+) -> Response {
+    let Some(tx) = state.resources.get(name) else {
+        return unknown(state, name);
     };
     let (reply, rx) = oneshot::channel();
-    if tx.send(ResourceMsg::Command { cmd, reply }).await.is_err() {
+    if tx.send(msg(reply)).await.is_err() {
         return Response::Refused {
             message: format!("{name} is shutting down"),
         };

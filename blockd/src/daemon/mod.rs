@@ -138,6 +138,8 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             engine,
             md,
             backing,
+            backing_path: r.backing.clone(),
+            md_location: md_location(r),
             ublk,
             nbd_socket: r.nbd_socket.clone(),
             events: events.clone(),

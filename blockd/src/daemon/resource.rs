@@ -8,7 +8,7 @@ use super::ublk::{self, Phase, UblkDevice, UblkSpec};
 use crate::engine::{
     Action, Command, CommandResult, Engine, Input, IoOutcome, IoRequest, Now, OpId, ReqId,
 };
-use crate::md::MdStore;
+use crate::md::{MdLocation, MdStore};
 use crate::nbd::{self, NbdBackend};
 use hablock_proto::control::{Event, ResourceStatus};
 use hablock_proto::peer::encode_parts;
@@ -38,6 +38,12 @@ pub enum ResourceMsg {
     Command {
         /// The command.
         cmd: Command,
+        /// Where the result goes.
+        reply: oneshot::Sender<CommandResult>,
+    },
+    /// `blockctl attach`: open the backing device and its metadata again, then use
+    /// them (after a detach).
+    Attach {
         /// Where the result goes.
         reply: oneshot::Sender<CommandResult>,
     },
@@ -235,6 +241,10 @@ pub struct ResourceTask {
     pub md: MdStore,
     /// The backing device.
     pub backing: Backing,
+    /// The backing device's path (opened again by `attach`).
+    pub backing_path: PathBuf,
+    /// Where its metadata lives.
+    pub md_location: MdLocation,
     /// The ublk device served while Primary.
     pub ublk: Option<UblkConfig>,
     /// NBD socket path, if configured.
@@ -317,6 +327,9 @@ impl ResourceTask {
                             } else {
                                 let _ = reply.send(r);
                             }
+                        }
+                        ResourceMsg::Attach { reply } => {
+                            let _ = reply.send(self.attach(start));
                         }
                         ResourceMsg::Status { reply } => {
                             let mut st = self.engine.status();
@@ -463,6 +476,44 @@ impl ResourceTask {
                 });
             }
         }
+    }
+
+    /// Opens the backing device and its metadata again and hands them to the engine
+    /// (which takes them only after a detach); on success they replace the failed ones.
+    fn attach(&mut self, start: Instant) -> CommandResult {
+        if self.engine.disk_attached() {
+            return CommandResult::Refused(format!("the disk of {} is attached", self.name));
+        }
+        let path = self.backing_path.display();
+        let md = match MdStore::open(&self.backing_path, &self.md_location) {
+            Ok(md) => md,
+            Err(e) => {
+                return CommandResult::Refused(format!(
+                    "opening the metadata of {path}: {e} (on a new disk, run `blockctl create-md --force {}` first)",
+                    self.name
+                ))
+            }
+        };
+        if md.usable_bytes() < self.engine.size_bytes() {
+            return CommandResult::Refused(format!(
+                "{path} holds {} usable bytes, less than the {} {} exports",
+                md.usable_bytes(),
+                self.engine.size_bytes(),
+                self.name
+            ));
+        }
+        let backing = match Backing::open(&self.backing_path) {
+            Ok(b) => b,
+            Err(e) => return CommandResult::Refused(format!("opening {path}: {e}")),
+        };
+        let uuids = md.superblock().uuids;
+        let r = self.engine.command(now(start), Command::Attach { uuids });
+        if matches!(r, CommandResult::Ok(_)) {
+            info!(resource = %self.name, backing = %path, "disk attached");
+            self.md = md;
+            self.backing = backing;
+        }
+        r
     }
 
     fn start_session(&self, id: u64, s: NewSession) -> Session {

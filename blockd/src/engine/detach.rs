@@ -18,11 +18,16 @@
 //!   superblock and a full bitmap: a restart on the same disk never trusts it.
 //! - Metadata writes after the detach are dropped: they would go to the failed disk
 //!   (and could block the resource on it).
+//!
+//! The operator can also detach a disk (`blockctl detach`, before pulling it) and
+//! attach one again (`blockctl attach`, after `create-md` on a new one, or on the old
+//! one): an attached disk is Inconsistent and resynced in full from the peer.
 
-use super::{Action, Engine, OpKind, ReqId, MAX_WRITE_BYTES};
+use super::{Action, CommandResult, Engine, OpKind, ReqId, MAX_WRITE_BYTES};
 use crate::engine::IoOutcome;
+use crate::md::ActivityLog;
 use hablock_proto::peer::Message;
-use hablock_proto::types::DiskState;
+use hablock_proto::types::{DiskState, Role, Uuids};
 use tracing::{error, info, warn};
 
 /// Whether a failed local operation's errno means the disk failed. A request the
@@ -47,10 +52,14 @@ impl Engine {
 
     /// A local `what` failed with `errno`: stop using the disk (once).
     pub(super) fn detach(&mut self, what: &str, errno: i32) {
+        self.detach_because(format!("local {what} failed (errno {errno})"));
+    }
+
+    /// Stops using the disk (once), for `cause`.
+    fn detach_because(&mut self, cause: String) {
         if self.diskless() {
             return;
         }
-        let cause = format!("local {what} failed (errno {errno})");
         let reason = format!("{cause}; the disk is detached");
         error!(resource = %self.cfg.resource, peer = %self.cfg.peer, "{reason}");
         if self.conn.replicating() {
@@ -94,6 +103,57 @@ impl Engine {
         } else if self.conn.is_established() {
             self.announce_state();
         }
+    }
+
+    /// `blockctl detach`: a Primary keeps its data only if the peer serves it.
+    pub(super) fn cmd_detach(&mut self) -> CommandResult {
+        if self.diskless() {
+            return CommandResult::Ok(vec![]);
+        }
+        if self.role == Role::Primary && !self.conn.serves_reads() {
+            return CommandResult::Refused(format!(
+                "{} has no UpToDate copy connected: this Primary would be left without data",
+                self.cfg.peer
+            ));
+        }
+        self.detach_because("detached by the operator".into());
+        CommandResult::Ok(vec![])
+    }
+
+    /// `blockctl attach`: the disk the daemon opened (its metadata has `uuids`) is
+    /// taken as Inconsistent, everything marked, and resynced from the peer. Not on a
+    /// Primary: its reads would have to come from the peer until the resync ends.
+    pub(super) fn cmd_attach(&mut self, uuids: Uuids) -> CommandResult {
+        if !self.diskless() {
+            return CommandResult::Refused("the disk is attached".into());
+        }
+        if self.role == Role::Primary {
+            return CommandResult::Refused(
+                "a Primary cannot be resynced onto a disk; move its group away (or demote it) first"
+                    .into(),
+            );
+        }
+        if !self.ops.is_empty() {
+            return CommandResult::Refused(
+                "operations on the failed disk are still in flight; retry in a moment".into(),
+            );
+        }
+        self.uuids = uuids;
+        self.al = ActivityLog::new(self.cfg.al_extents, &[]);
+        self.bitmap.set_all();
+        self.metadata_cutoff = None;
+        self.detach_reason = None;
+        info!(resource = %self.cfg.resource, "disk attached: resynced in full from the peer");
+        self.set_disk(DiskState::Inconsistent);
+        self.actions.push(Action::PersistBitmap);
+        self.persist_superblock();
+        if self.conn.session().is_some() {
+            self.lose_session("renegotiating after attach", false);
+        }
+        CommandResult::Ok(vec![format!(
+            "the disk is resynced in full from {}",
+            self.cfg.peer
+        )])
     }
 
     /// Drops the metadata writes queued after the detach's own (see the module doc).

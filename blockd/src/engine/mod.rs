@@ -122,6 +122,16 @@ pub enum Command {
     Verify,
     /// Resync all local data from the peer.
     Invalidate,
+    /// Stop using the local disk (`blockctl detach`), as after an I/O error: the peer
+    /// serves the I/O from then on.
+    Detach,
+    /// Use a disk again after a detach (`blockctl attach`): the daemon has opened it
+    /// and its metadata, whose generation identifiers these are. It is resynced in full
+    /// from the peer.
+    Attach {
+        /// The identifiers in the disk's superblock.
+        uuids: Uuids,
+    },
     /// Take new settings from a reloaded configuration (any role, any state).
     Tune(Tunables),
 }
@@ -607,6 +617,8 @@ impl Engine {
             Command::Disconnect => self.cmd_disconnect(),
             Command::Verify => self.cmd_verify(),
             Command::Invalidate => self.cmd_invalidate(),
+            Command::Detach => self.cmd_detach(),
+            Command::Attach { uuids } => self.cmd_attach(uuids),
             Command::Tune(t) => self.cmd_tune(t),
         };
         self.pump();

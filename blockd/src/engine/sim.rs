@@ -1404,6 +1404,91 @@ fn a_detached_primary_restarted_on_its_old_disk_is_resynced_from_the_peer() {
 }
 
 #[test]
+fn the_operator_detaches_a_secondary_disk_and_attaches_a_new_one_resynced_in_full() {
+    let mut c = Cluster::synced(default_policy());
+    assert!(matches!(
+        c.cmd(
+            'a',
+            Command::Attach {
+                uuids: Uuids::default()
+            }
+        ),
+        CommandResult::Refused(_)
+    ));
+    assert_eq!(c.cmd('b', Command::Detach), CommandResult::Ok(vec![]));
+    c.settle();
+    assert_eq!(c.b.engine.disk, DiskState::Diskless);
+    assert_eq!(
+        c.b.engine.status().detach_reason.as_deref(),
+        Some("detached by the operator")
+    );
+    assert_eq!(c.a.engine.status().peer_disk, DiskState::Diskless);
+    // The Primary goes on alone; b's old disk gets nothing.
+    let b_before = c.b.disk.clone();
+    for block in 0..4u64 {
+        c.write('a', block * 131072, 0xa0 + block as u8, 8192);
+    }
+    c.settle();
+    assert_eq!(c.b.disk, b_before);
+    // A new disk: fresh metadata (generation 0), attached, everything copied.
+    c.b.disk = vec![0x77; SIZE as usize];
+    let r = c.cmd(
+        'b',
+        Command::Attach {
+            uuids: Uuids::default(),
+        },
+    );
+    assert!(matches!(r, CommandResult::Ok(_)), "{r:?}");
+    c.settle();
+    assert_eq!(c.b.engine.disk, DiskState::UpToDate);
+    assert_eq!(c.b.engine.status().detach_reason, None);
+    assert_eq!(c.a.engine.status().peer_disk, DiskState::UpToDate);
+    assert_eq!(c.a.disk, c.b.disk);
+    assert_eq!(c.b.persisted.state.disk, DiskState::UpToDate);
+    assert_eq!(c.a.engine.bitmap.count(), 0);
+}
+
+#[test]
+fn a_primary_detaches_only_with_an_uptodate_peer_and_attaches_only_once_demoted() {
+    let mut c = Cluster::synced(default_policy());
+    c.cut();
+    c.settle();
+    assert!(matches!(
+        c.cmd('a', Command::Detach),
+        CommandResult::Refused(_)
+    ));
+    assert_eq!(c.a.engine.disk, DiskState::UpToDate);
+    c.heal();
+    c.settle();
+    assert_eq!(c.cmd('a', Command::Detach), CommandResult::Ok(vec![]));
+    c.settle();
+    let w = c.write('a', 0, 0xb1, 4096);
+    c.settle();
+    assert_eq!(c.outcome('a', w), Some(IoOutcome::Done));
+    assert!(matches!(
+        c.cmd(
+            'a',
+            Command::Attach {
+                uuids: c.a.engine.uuids
+            }
+        ),
+        CommandResult::Refused(_)
+    ));
+    // Demoted, the old disk comes back: it holds stale data and is copied over.
+    assert_eq!(c.cmd('a', Command::Secondary), CommandResult::Ok(vec![]));
+    c.settle();
+    let uuids = c.a.persisted.state.uuids;
+    assert!(matches!(
+        c.cmd('a', Command::Attach { uuids }),
+        CommandResult::Ok(_)
+    ));
+    c.settle();
+    assert_eq!(c.a.engine.disk, DiskState::UpToDate);
+    assert_eq!(c.a.disk, c.b.disk);
+    assert_eq!(&c.a.disk[..4096], &[0xb1; 4096][..]);
+}
+
+#[test]
 fn a_request_the_disk_refuses_fails_alone_without_a_detach() {
     let mut c = Cluster::synced(default_policy());
     let w = c.write('a', 0, 0x91, 4096);
