@@ -174,6 +174,11 @@ fn the_operator_detaches_and_attaches_the_secondary_disk_under_load() {
     let s = p.status(SLAVE).unwrap();
     assert_eq!(s["disk"], "Diskless");
     assert_eq!(s["detach_reason"], "detached by the operator");
+    let human = p.blockctl_ok(SLAVE, &["status"]).unwrap();
+    assert!(
+        human.contains("disk detached: detached by the operator\n"),
+        "a Secondary serves no I/O: {human}"
+    );
     p.wait_for(MASTER, "the peer's detach", |s| {
         s["peer_disk"] == "Diskless"
     })

@@ -8,7 +8,7 @@ use hablock_config::cli::blockd_socket as control_socket;
 use hablock_config::cli::CommonOptions;
 use hablock_config::format_size;
 use hablock_proto::control::{Request, ResourceStatus, Response};
-use hablock_proto::types::{ConnState, DiskState};
+use hablock_proto::types::{ConnState, DiskState, Role};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -326,7 +326,12 @@ fn render_status(r: &ResourceStatus) -> String {
         s += &format!("    standalone: {why}\n");
     }
     if let Some(why) = &r.detach_reason {
-        s += &format!("    disk detached: {why}; I/O is served by the peer\n");
+        let served = if r.role == Role::Primary {
+            "; I/O is served by the peer"
+        } else {
+            ""
+        };
+        s += &format!("    disk detached: {why}{served}\n");
     }
     if !r.devices.is_empty() {
         s += &format!("    devices: {}\n", r.devices.join(" "));
