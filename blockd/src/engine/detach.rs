@@ -42,6 +42,8 @@ pub(super) fn is_disk_failure(errno: i32) -> bool {
 pub(super) struct RemoteRead {
     pub(super) req: ReqId,
     pub(super) len: u32,
+    /// When it was asked (unanswered after `peer_timeout`, the session is lost).
+    pub(super) sent_ms: u64,
 }
 
 impl Engine {
@@ -205,7 +207,9 @@ impl Engine {
             return;
         }
         let id = self.alloc_id();
-        self.remote_reads.insert(id, RemoteRead { req, len });
+        let sent_ms = self.now.mono_ms;
+        self.remote_reads
+            .insert(id, RemoteRead { req, len, sent_ms });
         self.send(id, Message::ReadReq { offset, len });
     }
 

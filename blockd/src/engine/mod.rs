@@ -1407,9 +1407,10 @@ impl Engine {
                     .filter(|f| f.peer_pending)
                     .map(|f| f.sent_ms),
             )
+            .chain(self.remote_reads.values().map(|r| r.sent_ms))
             .any(|t| now.saturating_sub(t) > self.cfg.peer_timeout_ms);
         if overdue {
-            self.lose_session("peer did not acknowledge a write in time", false);
+            self.lose_session("peer did not answer a write or a read in time", false);
             return;
         }
         if self.conn.ping_due(now, self.cfg.ping_interval_ms) {

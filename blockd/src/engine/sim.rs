@@ -1385,6 +1385,26 @@ fn reads_and_writes_in_flight_when_the_primary_disk_fails_are_finished_by_the_pe
 }
 
 #[test]
+fn a_read_the_peer_never_answers_fails_after_the_peer_timeout() {
+    let mut c = Cluster::synced(default_policy());
+    c.a.failing = true;
+    let w = c.write('a', 0, 0x61, 4096);
+    c.settle();
+    assert_eq!(c.outcome('a', w), Some(IoOutcome::Done));
+    // The peer's disk hangs on the read (its pings still flow).
+    let r = read(&mut c, 'a', 0, 4096);
+    assert!(c.deliver('b'));
+    assert!(matches!(
+        c.b.pending_io.pop_back(),
+        Some(Action::LocalRead { .. })
+    ));
+    c.run_for(3000);
+    assert_eq!(c.outcome('a', r), None, "within peer_timeout it waits");
+    c.run_for(2000);
+    assert_eq!(c.outcome('a', r), Some(IoOutcome::Failed(libc::EIO)));
+}
+
+#[test]
 fn a_detached_primary_restarted_on_its_old_disk_is_resynced_from_the_peer() {
     let mut c = Cluster::synced(default_policy());
     c.a.failing = true;
