@@ -1508,7 +1508,7 @@ impl Engine {
         if self.role != Role::Primary {
             return CommandResult::Ok(vec![]);
         }
-        if !self.writes.is_empty() || !self.flushes.is_empty() {
+        if !self.writes.is_empty() || !self.flushes.is_empty() || !self.remote_reads.is_empty() {
             return CommandResult::Refused(
                 "I/O is still in flight; retry when the device is idle".into(),
             );
