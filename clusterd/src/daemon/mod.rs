@@ -133,13 +133,14 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             async move {
                 let mut last_err = String::new();
                 loop {
-                    let (via, peer_up_to_date) =
+                    let (via, peer_up_to_date, local_disk_detached) =
                         match resources::block::status(&run_dir, &res, BLOCKD_TIMEOUT).await {
                             Ok(s) => {
                                 last_err.clear();
                                 (
                                     resources::block::peer_primary_via_replication(&s),
                                     resources::block::peer_up_to_date(&s),
+                                    s.disk == hablock_proto::types::DiskState::Diskless,
                                 )
                             }
                             Err(e) => {
@@ -148,13 +149,14 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                                     warn!("blockd status: {e}");
                                     last_err = e;
                                 }
-                                (false, false)
+                                (false, false, false)
                             }
                         };
                     let msg = Msg::PeerPrimary {
                         group: gi,
                         via_replication: via,
                         peer_up_to_date,
+                        local_disk_detached,
                     };
                     if tx.send(msg).await.is_err() {
                         return;

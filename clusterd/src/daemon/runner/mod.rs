@@ -50,6 +50,8 @@ pub enum Msg {
         via_replication: bool,
         /// blockd reports the peer's copy UpToDate over a live replication link.
         peer_up_to_date: bool,
+        /// blockd reports this node's disk detached after an I/O error (Diskless).
+        local_disk_detached: bool,
     },
     /// An authenticated administrator request from the peer.
     Admin {
@@ -348,13 +350,27 @@ impl Runner {
                 group,
                 via_replication,
                 peer_up_to_date,
+                local_disk_detached,
             } => {
-                if let Some(g) = self.groups.get_mut(group) {
-                    g.peer_up_to_date = peer_up_to_date;
-                    if g.peer_primary_via_replication != via_replication {
-                        info!(group = %g.name, peer = %self.peer, via_replication, "peer Primary on the replication link: {via_replication}");
-                    }
-                    g.peer_primary_via_replication = via_replication;
+                let Some(g) = self.groups.get_mut(group) else {
+                    return;
+                };
+                g.peer_up_to_date = peer_up_to_date;
+                if g.peer_primary_via_replication != via_replication {
+                    info!(group = %g.name, peer = %self.peer, via_replication, "peer Primary on the replication link: {via_replication}");
+                }
+                g.peer_primary_via_replication = via_replication;
+                // A detached disk fails the block resource's check now, not at the next
+                // health check round (every 2 s).
+                let block = g
+                    .agents
+                    .iter()
+                    .position(|a| matches!(a.config, GroupResource::Block { .. }));
+                if let (true, Some(index), GroupState::Running) =
+                    (local_disk_detached, block, g.group.state())
+                {
+                    warn!(group = %g.name, "blockd detached the local disk: the group leaves this node");
+                    self.group_input(group, GroupInput::CheckFailed { index }, now);
                 }
             }
             Msg::Ping(ok) => {
