@@ -120,7 +120,8 @@ pub async fn promote(ctx: &AgentContext, resource: &str) -> StepResult {
 /// The health check of a running block resource: its local disk is attached. A disk
 /// that failed (blockd detached it and serves the device through the peer) fails the
 /// check, so the group moves to the node that has the data on its own disk (a restart
-/// here fails at once: a Diskless copy is never promoted). No answer from blockd is no
+/// here fails at once: a Diskless copy is never promoted). The runner also fails it
+/// at once when its poll of blockd sees the detach. No answer from blockd is no
 /// verdict (`None`): its own supervision (systemd) covers that.
 pub async fn check(ctx: &AgentContext, resource: &str, timeout: Duration) -> Option<bool> {
     let st = status(&ctx.run_dir, resource, timeout).await.ok()?;
