@@ -160,7 +160,13 @@ pub async fn stop(device: &Path, mountpoint: &Path) -> StepResult {
                 for pid in pids {
                     let _ = kill(Pid::from_raw(pid), signal);
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                // Up to 500 ms for them to go (their I/O in flight completes first).
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if holders(mountpoint).is_empty() {
+                        break;
+                    }
+                }
                 signal = Signal::SIGKILL;
             }
             Err(e) => {

@@ -139,6 +139,17 @@ impl Runner {
                 info!(group = %name, node = %me, running, total, "probed");
             }
         }
+        let released = matches!(
+            ev,
+            GroupEvent::Stopped
+                | GroupEvent::StartFailed { .. }
+                | GroupEvent::RestartLimitReached { .. }
+        );
         self.event("group", Some(&name), msg);
+        if released {
+            // The peer may be waiting to take the group: tell it now rather than at
+            // the next keepalive.
+            self.send_heartbeats();
+        }
     }
 }
