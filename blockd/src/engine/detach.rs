@@ -215,20 +215,18 @@ impl Engine {
 
     /// The peer asks for a range of our disk.
     pub(super) fn on_read_req(&mut self, frame_id: u64, offset: u64, len: u32) {
-        if self.disk != DiskState::UpToDate {
+        let refused = if self.disk != DiskState::UpToDate {
+            Some(libc::EIO)
+        } else if u64::from(len) > MAX_WRITE_BYTES || !self.in_bounds(offset, u64::from(len)) {
+            Some(libc::EINVAL)
+        } else {
+            None
+        };
+        if let Some(errno) = refused {
             self.send(
                 frame_id,
                 Message::ReadError {
-                    errno: libc::EIO as u32,
-                },
-            );
-            return;
-        }
-        if u64::from(len) > MAX_WRITE_BYTES || !self.in_bounds(offset, u64::from(len)) {
-            self.send(
-                frame_id,
-                Message::ReadError {
-                    errno: libc::EINVAL as u32,
+                    errno: errno as u32,
                 },
             );
             return;

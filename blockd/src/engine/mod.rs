@@ -996,6 +996,7 @@ impl Engine {
     /// local write and the peer's copy together.
     fn start_write(&mut self, id: u64) {
         let replicating = self.conn.replicating();
+        let diskless = self.diskless();
         let Some(w) = self.writes.get_mut(&id) else {
             return;
         };
@@ -1007,7 +1008,7 @@ impl Engine {
             w.peer_pending = true;
             w.sent_ms = self.now.mono_ms;
         }
-        if self.disk == DiskState::Diskless {
+        if diskless {
             // The peer's copy is the only one: without it the write has nowhere to go.
             w.local_done = true;
             if replicating {

@@ -117,17 +117,6 @@ pub async fn promote(ctx: &AgentContext, resource: &str) -> StepResult {
     expect_ok(call(&blockd_socket(&ctx.run_dir), &req, ctx.blockd_timeout).await?)
 }
 
-/// The health check of a running block resource: its local disk is attached. A disk
-/// that failed (blockd detached it and serves the device through the peer) fails the
-/// check, so the group moves to the node that has the data on its own disk (a restart
-/// here fails at once: a Diskless copy is never promoted). The runner also fails it
-/// at once when its poll of blockd sees the detach. No answer from blockd is no
-/// verdict (`None`): its own supervision (systemd) covers that.
-pub async fn check(ctx: &AgentContext, resource: &str, timeout: Duration) -> Option<bool> {
-    let st = status(&ctx.run_dir, resource, timeout).await.ok()?;
-    Some(st.disk != DiskState::Diskless)
-}
-
 /// Demotes the resource.
 pub async fn demote(ctx: &AgentContext, resource: &str) -> StepResult {
     let req = Request::Secondary {

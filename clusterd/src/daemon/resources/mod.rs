@@ -145,16 +145,12 @@ impl Agent {
         }
     }
 
-    /// The health check of a running resource: `None` when it has none. A block
-    /// resource fails it when its local disk is detached ([`block::check`]). A service
+    /// The health check of a running resource: `None` when it has none. A service
     /// run by `exec` fails it when its process is gone; its `check` runs after that.
+    /// (A block resource's check is the runner's poll of blockd: its disk attached.)
     pub async fn check(&self, timeout: Duration) -> Option<bool> {
-        let (exec, unit, check) = match &self.config {
-            GroupResource::Block { resource } => {
-                return block::check(&self.ctx, resource, timeout).await
-            }
-            GroupResource::Service { exec, unit, check } => (exec, unit, check),
-            _ => return None,
+        let GroupResource::Service { exec, unit, check } = &self.config else {
+            return None;
         };
         if exec.is_some() {
             match service::probe(&self.ctx, exec.as_deref(), unit.as_deref()).await {

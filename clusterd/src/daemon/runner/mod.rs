@@ -341,6 +341,43 @@ impl Runner {
         }
     }
 
+    /// blockd's view for group `group`'s block resource (see [`Msg::PeerPrimary`]).
+    fn on_blockd_poll(
+        &mut self,
+        group: usize,
+        via_replication: bool,
+        peer_up_to_date: bool,
+        local_disk_detached: bool,
+        now: Instant,
+    ) {
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
+        g.peer_up_to_date = peer_up_to_date;
+        if g.peer_primary_via_replication != via_replication {
+            info!(group = %g.name, peer = %self.peer, via_replication, "peer Primary on the replication link: {via_replication}");
+        }
+        g.peer_primary_via_replication = via_replication;
+        // The block resource's health check: its disk attached. A detached disk
+        // fails it (the group then moves to the node that has the data on its
+        // own disk: a Diskless copy is never promoted); an attached one clears
+        // a failure shown earlier.
+        let Some(index) = g
+            .agents
+            .iter()
+            .position(|a| matches!(a.config, GroupResource::Block { .. }))
+        else {
+            return;
+        };
+        let shown_failing = g.group.check_failing().get(index) == Some(&true);
+        if local_disk_detached && g.group.state() == GroupState::Running {
+            warn!(group = %g.name, "blockd detached the local disk: the group leaves this node");
+            self.group_input(group, GroupInput::CheckFailed { index }, now);
+        } else if !local_disk_detached && shown_failing {
+            self.group_input(group, GroupInput::CheckOk { index }, now);
+        }
+    }
+
     /// Handles one message.
     pub fn handle(&mut self, msg: Msg, now: Instant) {
         match msg {
@@ -351,28 +388,13 @@ impl Runner {
                 via_replication,
                 peer_up_to_date,
                 local_disk_detached,
-            } => {
-                let Some(g) = self.groups.get_mut(group) else {
-                    return;
-                };
-                g.peer_up_to_date = peer_up_to_date;
-                if g.peer_primary_via_replication != via_replication {
-                    info!(group = %g.name, peer = %self.peer, via_replication, "peer Primary on the replication link: {via_replication}");
-                }
-                g.peer_primary_via_replication = via_replication;
-                // A detached disk fails the block resource's check now, not at the next
-                // health check round (every 2 s).
-                let block = g
-                    .agents
-                    .iter()
-                    .position(|a| matches!(a.config, GroupResource::Block { .. }));
-                if let (true, Some(index), GroupState::Running) =
-                    (local_disk_detached, block, g.group.state())
-                {
-                    warn!(group = %g.name, "blockd detached the local disk: the group leaves this node");
-                    self.group_input(group, GroupInput::CheckFailed { index }, now);
-                }
-            }
+            } => self.on_blockd_poll(
+                group,
+                via_replication,
+                peer_up_to_date,
+                local_disk_detached,
+                now,
+            ),
             Msg::Ping(ok) => {
                 if ok != self.ping_ok {
                     warn!(node = %self.me, ping_ok = ok, "ping targets reachable: {ok}");
