@@ -86,7 +86,8 @@ enum Cmd {
         resource: String,
     },
     /// Use the local disk again after a detach (on a new disk, run `create-md --force`
-    /// first): it is resynced in full from the peer. Not on a Primary.
+    /// first): it is resynced in full from the peer. On a Primary (its device in use),
+    /// the peer's UpToDate copy serves the reads of what is not copied yet.
     Attach {
         /// Resource name.
         resource: String,

@@ -127,12 +127,16 @@ pub fn decide(me: &Side, peer: &Side, policy: &SplitBrainPolicy) -> Decision {
         return Decision::Diskless;
     }
     let raw = decide_direction(me, peer, policy);
-    // Safety nets that hold whatever the identifiers say.
+    // Safety nets that hold whatever the identifiers say. A Primary may be the target
+    // only while its own disk is Inconsistent (attached again after a failure): its
+    // clients' data is the peer's then.
     match raw {
-        Decision::Target(_) if me.role == Role::Primary => {
+        Decision::Target(_) if me.role == Role::Primary && me.disk != DiskState::Inconsistent => {
             Decision::Refuse(Refusal::PrimaryWouldBeTarget)
         }
-        Decision::Source(_) if peer.role == Role::Primary => {
+        Decision::Source(_)
+            if peer.role == Role::Primary && peer.disk != DiskState::Inconsistent =>
+        {
             Decision::Refuse(Refusal::PrimaryWouldBeTarget)
         }
         Decision::Source(_) if me.disk == DiskState::Inconsistent => {
@@ -460,7 +464,7 @@ mod tests {
     }
 
     #[test]
-    fn primary_is_never_a_target() {
+    fn primary_is_a_target_only_onto_an_attached_inconsistent_disk() {
         let mut a = side("a", 7, 0);
         a.role = Role::Primary;
         let b = side("b", 9, 7);
@@ -468,6 +472,13 @@ mod tests {
             decide(&a, &b, &SplitBrainPolicy::default()),
             Decision::Refuse(Refusal::PrimaryWouldBeTarget)
         );
+        // A new disk attached under the Primary: no generation, Inconsistent.
+        let mut a = side("a", 0, 0);
+        a.role = Role::Primary;
+        a.disk = DiskState::Inconsistent;
+        let p = SplitBrainPolicy::default();
+        assert_eq!(decide(&a, &b, &p), Decision::Target(SyncScope::Full));
+        assert_eq!(decide(&b, &a, &p), Decision::Source(SyncScope::Full));
     }
 
     fn split(a_dirty: u64, b_dirty: u64) -> (Side, Side) {
@@ -609,9 +620,10 @@ mod tests {
             let ab = decide(&a, &b, &p);
             let ba = decide(&b, &a, &p);
             prop_assert_eq!(flip(ab.clone()), ba.clone(), "a->b {:?} b->a {:?}", ab, ba);
-            // A Primary never receives, an Inconsistent node never sends.
-            if let Decision::Target(_) = ab { prop_assert!(a.role != Role::Primary); prop_assert!(b.disk != DiskState::Inconsistent); }
-            if let Decision::Source(_) = ab { prop_assert!(b.role != Role::Primary); prop_assert!(a.disk != DiskState::Inconsistent); }
+            // A Primary receives only onto an Inconsistent disk (attached again), an
+            // Inconsistent node never sends.
+            if let Decision::Target(_) = ab { prop_assert!(a.role != Role::Primary || a.disk == DiskState::Inconsistent); prop_assert!(b.disk != DiskState::Inconsistent); }
+            if let Decision::Source(_) = ab { prop_assert!(b.role != Role::Primary || b.disk == DiskState::Inconsistent); prop_assert!(a.disk != DiskState::Inconsistent); }
         }
     }
 }

@@ -22,7 +22,17 @@
 //! The operator can also detach a disk (`blockctl detach`, before pulling it) and
 //! attach one again (`blockctl attach`, after `create-md` on a new one, or on the old
 //! one): an attached disk is Inconsistent and resynced in full from the peer.
+//!
+//! A Primary attaches without leaving its session: it becomes the sync target of its
+//! Secondary while its device stays in use. Until the resync ends its own disk is
+//! trusted only where the bitmap says it is in sync: a read that touches a marked
+//! block is asked of the peer; a write goes to both disks as usual (and clears the
+//! marks of the blocks it covers once both have it), and fails, as on a Diskless
+//! Primary, when the peer is gone. A resync chunk that meets one of its writes in
+//! flight is stale (the source applies that write only after the chunk's
+//! acknowledgement, see `resync`): it is skipped and marked again on the source.
 
+use super::session::Mode;
 use super::{Action, CommandResult, Engine, OpKind, ReqId, MAX_WRITE_BYTES};
 use crate::engine::IoOutcome;
 use crate::md::ActivityLog;
@@ -50,6 +60,18 @@ impl Engine {
     /// Whether the local disk is detached.
     pub(super) fn diskless(&self) -> bool {
         self.disk == DiskState::Diskless
+    }
+
+    /// Whether this node's own disk cannot serve its I/O alone: detached, or attached
+    /// again and not yet resynced. Its writes then count only once the peer has them.
+    pub(super) fn needs_peer(&self) -> bool {
+        self.diskless() || self.disk == DiskState::Inconsistent
+    }
+
+    /// Whether a read of this range must be asked of the peer: a disk being resynced
+    /// lacks the blocks its bitmap marks.
+    pub(super) fn stale_here(&self, offset: u64, len: u64) -> bool {
+        self.disk == DiskState::Inconsistent && self.bitmap.any_set_bytes(offset, len)
     }
 
     /// A local `what` failed with `errno`: stop using the disk (once).
@@ -123,24 +145,28 @@ impl Engine {
     }
 
     /// `blockctl attach`: the disk the daemon opened (its metadata has `uuids`) is
-    /// taken as Inconsistent, everything marked, and resynced from the peer. Not on a
-    /// Primary: its reads would have to come from the peer until the resync ends.
+    /// taken as Inconsistent, everything marked, and resynced from the peer. A
+    /// Secondary renegotiates its session; a Primary keeps it (its device is in use)
+    /// and needs the peer's UpToDate copy, which serves its reads meanwhile.
     pub(super) fn cmd_attach(&mut self, uuids: Uuids) -> CommandResult {
         if !self.diskless() {
             return CommandResult::Refused("the disk is attached".into());
         }
-        if self.role == Role::Primary {
-            return CommandResult::Refused(
-                "a Primary cannot be resynced onto a disk; move its group away (or demote it) first"
-                    .into(),
-            );
+        let primary = self.role == Role::Primary;
+        if primary && !self.conn.serves_reads() {
+            return CommandResult::Refused(format!(
+                "{} has no UpToDate copy connected to resync this Primary's disk from",
+                self.cfg.peer
+            ));
         }
         if !self.ops.is_empty() {
             return CommandResult::Refused(
                 "operations on the failed disk are still in flight; retry in a moment".into(),
             );
         }
-        self.uuids = uuids;
+        // A Primary's new disk belongs to no generation until the resync gives it the
+        // peer's (a reconnection in between then copies everything again).
+        self.uuids = if primary { Uuids::default() } else { uuids };
         self.al = ActivityLog::new(self.cfg.al_extents, &[]);
         self.bitmap.set_all();
         self.metadata_cutoff = None;
@@ -149,6 +175,17 @@ impl Engine {
         self.set_disk(DiskState::Inconsistent);
         self.actions.push(Action::PersistBitmap);
         self.persist_superblock();
+        if primary {
+            // The peer marks everything, then learns of the disk and starts sending.
+            let len = self.size_bytes;
+            self.send(0, Message::OutOfSync { offset: 0, len });
+            self.start_resync_target();
+            self.announce_state();
+            return CommandResult::Ok(vec![format!(
+                "the disk is resynced in full from {}, which serves the reads of what is not copied yet",
+                self.cfg.peer
+            )]);
+        }
         if self.conn.session().is_some() {
             self.lose_session("renegotiating after attach", false);
         }
@@ -156,6 +193,15 @@ impl Engine {
             "the disk is resynced in full from {}",
             self.cfg.peer
         )])
+    }
+
+    /// The Primary attached a disk within the session (see [`Engine::cmd_attach`]):
+    /// this node, with the data, sends it everything.
+    pub(super) fn peer_attached(&mut self) {
+        if self.disk == DiskState::UpToDate && self.conn.mode() == Some(Mode::Connected) {
+            info!(resource = %self.cfg.resource, peer = %self.cfg.peer, "the Primary attached a disk: resyncing it");
+            self.start_resync_source();
+        }
     }
 
     /// Drops the metadata writes queued after the detach's own (see the module doc).

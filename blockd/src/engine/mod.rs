@@ -428,6 +428,9 @@ impl OpKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LockOwner {
     Write(u64),
+    /// The local half of a peer's write or trim (op id): it waits for a resync chunk
+    /// this node is sending over the same blocks.
+    PeerWrite(u64),
     Resync(u64),
     Verify(u64),
 }
@@ -485,6 +488,8 @@ pub struct Engine {
     metadata_cutoff: Option<usize>,
     /// Why the disk was detached (the failed operation and its errno).
     detach_reason: Option<String>,
+    /// Peer writes waiting for a range lock, with the local operation to issue then.
+    waiting_peer_writes: HashMap<OpId, Action>,
     actions: Vec<Action>,
 }
 
@@ -543,6 +548,7 @@ impl Engine {
             remote_reads: HashMap::new(),
             metadata_cutoff: None,
             detach_reason: None,
+            waiting_peer_writes: HashMap::new(),
             actions: Vec::new(),
             cfg,
         };
@@ -886,7 +892,7 @@ impl Engine {
                     });
                     return;
                 }
-                if self.diskless() {
+                if self.diskless() || self.stale_here(offset, u64::from(len)) {
                     self.remote_read(req, offset, len);
                     return;
                 }
@@ -910,8 +916,8 @@ impl Engine {
                 let id = self.alloc_id();
                 let peer = self.conn.replicating();
                 let local = !self.diskless();
-                if !local && !peer {
-                    // No disk here and none reachable: nothing can be made durable.
+                if !peer && self.needs_peer() {
+                    // No good copy here and none reachable: nothing can be made durable.
                     self.actions.push(Action::Complete {
                         req,
                         outcome: IoOutcome::Failed(libc::EIO),
@@ -997,6 +1003,7 @@ impl Engine {
     fn start_write(&mut self, id: u64) {
         let replicating = self.conn.replicating();
         let diskless = self.diskless();
+        let needs_peer = self.needs_peer();
         let Some(w) = self.writes.get_mut(&id) else {
             return;
         };
@@ -1004,19 +1011,21 @@ impl Engine {
         let (offset, len) = (w.range.start, w.range.end - w.range.start);
         let payload = w.payload.clone();
         let fua = w.fua;
+        if needs_peer && !replicating {
+            // The peer's copy is the only good one: without it the write has nowhere
+            // to go that a read could trust.
+            w.local_done = true;
+            w.error = Some(libc::EIO);
+            self.finish_write_if_done(id);
+            return;
+        }
         if replicating {
             w.peer_pending = true;
             w.sent_ms = self.now.mono_ms;
         }
         if diskless {
-            // The peer's copy is the only one: without it the write has nowhere to go.
             w.local_done = true;
-            if replicating {
-                self.send_write(id, offset, len, &payload, fua);
-            } else {
-                w.error = Some(libc::EIO);
-                self.finish_write_if_done(id);
-            }
+            self.send_write(id, offset, len, &payload, fua);
             return;
         }
         match self.al.activate(offset, len) {
@@ -1092,9 +1101,13 @@ impl Engine {
             return;
         };
         let (offset, len) = (w.range.start, w.range.end - w.range.start);
+        let on_both = w.error.is_none() && w.mirrored && !w.local_failed && !self.diskless();
         if w.al_held {
             self.al.complete(offset, len);
-        } else if w.error.is_none() && w.mirrored && !w.local_failed && !self.diskless() {
+        }
+        if on_both && (!w.al_held || self.conn.is_sync_target()) {
+            // Marked instead of logged, or a Primary's stale block its write replaced:
+            // both nodes now hold the same data there.
             self.bitmap.clear_range_full_blocks(offset, len);
         }
         let outcome = match w.error {
@@ -1105,11 +1118,7 @@ impl Engine {
             req: w.req,
             outcome,
         });
-        for next in self.locks.release(LockOwner::Write(id)) {
-            if let LockOwner::Write(n) = next {
-                self.start_write(n);
-            }
-        }
+        self.release_lock(LockOwner::Write(id));
     }
 
     fn finish_flush_if_done(&mut self, id: u64) {
@@ -1191,15 +1200,19 @@ impl Engine {
                 offset,
                 len,
             } => {
+                let this_session = self.conn.session() == Some(session);
                 if failed.is_some() {
                     warn!(resource = %self.cfg.resource, offset, "local write of a peer block failed");
                     self.bitmap.set_range_bytes(offset, len);
                     self.send_on(session, 0, Message::OutOfSync { offset, len });
-                } else if self.conn.is_sync_target() && self.conn.session() == Some(session) {
-                    // The block is now identical on both nodes.
+                } else if this_session && (self.conn.is_sync_target() || self.conn.is_sync_source())
+                {
+                    // The block is now identical on both nodes (as a source: the
+                    // Primary target wrote it too, or detaches if it could not).
                     self.bitmap.clear_range_full_blocks(offset, len);
                 }
                 self.send_on(session, frame_id, Message::DataAck);
+                self.release_lock(LockOwner::PeerWrite(op));
             }
             OpKind::PeerFlush { session, frame_id } => {
                 self.send_on(session, frame_id, Message::FlushAck)
@@ -1210,7 +1223,7 @@ impl Engine {
                 frame_id,
                 offset,
                 len,
-            } => self.resync_write_done(session, frame_id, offset, len, failed.is_none()),
+            } => self.resync_write_done(op, session, frame_id, offset, len, failed.is_none()),
             OpKind::VerifyRead { chunk } => self.verify_read_done(chunk, outcome),
             OpKind::VerifyAnswer {
                 session,
@@ -1241,14 +1254,16 @@ impl Engine {
                 fua,
                 payload,
             } => {
-                self.mark_if_peer_diskless(offset, payload.len() as u64);
-                let op = self.peer_write_op(id, offset, payload.len() as u64);
-                self.actions.push(Action::LocalWrite {
+                let len = payload.len() as u64;
+                self.mark_if_peer_diskless(offset, len);
+                let op = self.peer_write_op(id, offset, len);
+                let local = Action::LocalWrite {
                     op,
                     offset,
                     data: payload,
                     fua,
-                });
+                };
+                self.start_peer_write(op, Range::new(offset, len), local);
             }
             Message::Trim {
                 offset,
@@ -1257,13 +1272,14 @@ impl Engine {
             } => {
                 self.mark_if_peer_diskless(offset, len);
                 let op = self.peer_write_op(id, offset, len);
-                self.actions.push(Action::LocalTrim {
+                let local = Action::LocalTrim {
                     op,
                     offset,
                     len,
                     zeroes,
                     fua: false,
-                });
+                };
+                self.start_peer_write(op, Range::new(offset, len), local);
             }
             Message::DataAck => {
                 if let Some(w) = self.writes.get_mut(&id) {
@@ -1358,6 +1374,33 @@ impl Engine {
     fn mark_if_peer_diskless(&mut self, offset: u64, len: u64) {
         if self.conn.peer_roles().1 == DiskState::Diskless {
             self.bitmap.set_range_bytes(offset, len);
+        }
+    }
+
+    /// Issues the local half of a peer's write or trim once it holds its range: a
+    /// resync chunk this node is sending over the same blocks must reach the peer
+    /// before the write changes them here (see `resync`).
+    fn start_peer_write(&mut self, op: OpId, range: Range, local: Action) {
+        if self.locks.acquire_or_wait(LockOwner::PeerWrite(op), range) {
+            self.actions.push(local);
+        } else {
+            self.waiting_peer_writes.insert(op, local);
+        }
+    }
+
+    /// Releases a range lock and starts the writes that waited for it.
+    fn release_lock(&mut self, owner: LockOwner) {
+        for next in self.locks.release(owner) {
+            match next {
+                LockOwner::Write(n) => self.start_write(n),
+                LockOwner::PeerWrite(op) => {
+                    if let Some(local) = self.waiting_peer_writes.remove(&op) {
+                        self.actions.push(local);
+                    }
+                }
+                // Resync and verify chunks never wait: they skip a busy range.
+                LockOwner::Resync(_) | LockOwner::Verify(_) => {}
+            }
         }
     }
 

@@ -1,7 +1,8 @@
 //! Range locks: no two operations on overlapping byte ranges run at once.
 //!
 //! Every write, trim, resync chunk and verify chunk holds its range from start until it
-//! is done on **both** nodes. This keeps overlapping writes in submission order on both
+//! is done on **both** nodes; a peer's write or trim holds it on the node applying it,
+//! until it is written there. This keeps overlapping writes in submission order on both
 //! nodes, and keeps resync and verify reads from racing with application writes.
 //! Waiters are granted in FIFO order: a waiter never overtakes an earlier waiter that
 //! overlaps it.

@@ -5,6 +5,12 @@
 //!
 //! The source declares the end with `ResyncDone` once its bitmap is empty; the target
 //! then adopts the source's generation and becomes UpToDate.
+//!
+//! When the target is the Primary (a disk attached under it, see `detach`), the
+//! writes come from the target: the source applies each one only once it holds the
+//! range (after the ack of a chunk over it), and the target drops a chunk that meets
+//! one of its writes in flight (read before the source had it), marking it again on
+//! the source.
 
 use super::ranges::Range;
 use super::session::Mode;
@@ -113,21 +119,12 @@ impl Engine {
     pub(super) fn stop_resync(&mut self) {
         if let Some(rs) = self.resync.take() {
             for id in rs.inflight.keys() {
-                self.release_background_lock(LockOwner::Resync(*id));
+                self.release_lock(LockOwner::Resync(*id));
             }
             self.actions.push(Action::PersistBitmap);
         }
         if self.conn.is_sync_target() {
             self.actions.push(Action::PersistBitmap);
-        }
-    }
-
-    /// Releases a resync or verify lock and starts the writes that waited for it.
-    pub(super) fn release_background_lock(&mut self, owner: LockOwner) {
-        for next in self.locks.release(owner) {
-            if let LockOwner::Write(n) = next {
-                self.start_write(n);
-            }
         }
     }
 
@@ -239,7 +236,7 @@ impl Engine {
             _ => {
                 warn!(resource = %self.cfg.resource, offset = c.offset, "resync read failed; will retry");
                 rs.inflight.remove(&chunk);
-                self.release_background_lock(LockOwner::Resync(chunk));
+                self.release_lock(LockOwner::Resync(chunk));
             }
         }
     }
@@ -251,7 +248,7 @@ impl Engine {
         };
         self.bitmap.clear_range_full_blocks(c.offset, c.len);
         self.resynced_bytes += c.len;
-        self.release_background_lock(LockOwner::Resync(id));
+        self.release_lock(LockOwner::Resync(id));
     }
 
     pub(super) fn on_rs_nack(&mut self, id: u64) {
@@ -298,6 +295,18 @@ impl Engine {
     pub(super) fn on_rs_data(&mut self, frame_id: u64, offset: u64, payload: Bytes) {
         let len = payload.len() as u64;
         let op = self.alloc_id();
+        if !self
+            .locks
+            .try_acquire(LockOwner::Resync(op), Range::new(offset, len))
+        {
+            // A write of this Primary's to these blocks is in flight: the source read
+            // the chunk before it had that write (it applies the write only after the
+            // chunk's ack), so the chunk is stale. Taken as done, then marked again on
+            // the source, which sends the blocks once more after the write.
+            self.send(frame_id, Message::RsAck);
+            self.send(0, Message::OutOfSync { offset, len });
+            return;
+        }
         let session = self.conn.session().unwrap_or(0);
         self.ops.insert(
             op,
@@ -318,12 +327,14 @@ impl Engine {
 
     pub(super) fn resync_write_done(
         &mut self,
+        op: u64,
         session: u64,
         frame_id: u64,
         offset: u64,
         len: u64,
         ok: bool,
     ) {
+        self.release_lock(LockOwner::Resync(op));
         if ok {
             self.bitmap.clear_range_full_blocks(offset, len);
             self.resynced_bytes += len;

@@ -433,6 +433,11 @@ impl Engine {
             if st.disk == DiskState::Diskless {
                 warn!(resource = %self.cfg.resource, peer = %self.cfg.peer, "the peer's disk is detached");
                 self.peer_detached();
+            } else if old_disk == DiskState::Diskless
+                && st.disk == DiskState::Inconsistent
+                && st.role == Role::Primary
+            {
+                self.peer_attached();
             }
         }
     }
@@ -492,23 +497,24 @@ impl Engine {
         if !was_established {
             return;
         }
-        // The generation changes before any write completes without the peer.
         let pending: Vec<u64> = self
             .writes
             .iter()
             .filter(|(_, w)| w.peer_pending)
             .map(|(id, _)| *id)
             .collect();
-        if !pending.is_empty() {
+        // Without a good copy here the writes fail (the peer's was the only one that
+        // counted); otherwise the generation changes before any completes without the
+        // peer.
+        let needs_peer = self.needs_peer();
+        if !pending.is_empty() && !needs_peer {
             self.begin_divergence();
         }
         let mut marked = 0;
-        let diskless = self.diskless();
         for id in pending {
             if let Some(w) = self.writes.get_mut(&id) {
                 w.peer_pending = false;
-                if diskless {
-                    // The peer's copy was the only one.
+                if needs_peer {
                     w.error = Some(libc::EIO);
                 }
                 let r = w.range;
@@ -522,7 +528,7 @@ impl Engine {
         let flushes: Vec<u64> = self.flushes.keys().copied().collect();
         for id in flushes {
             if let Some(f) = self.flushes.get_mut(&id) {
-                if diskless && f.peer_pending {
+                if needs_peer && f.peer_pending {
                     f.error = Some(libc::EIO);
                 }
                 f.peer_pending = false;

@@ -1469,7 +1469,7 @@ fn the_operator_detaches_a_secondary_disk_and_attaches_a_new_one_resynced_in_ful
 }
 
 #[test]
-fn a_primary_detaches_only_with_an_uptodate_peer_and_attaches_only_once_demoted() {
+fn a_primary_detaches_and_attaches_only_with_an_uptodate_peer_connected() {
     let mut c = Cluster::synced(default_policy());
     c.cut();
     c.settle();
@@ -1485,6 +1485,8 @@ fn a_primary_detaches_only_with_an_uptodate_peer_and_attaches_only_once_demoted(
     let w = c.write('a', 0, 0xb1, 4096);
     c.settle();
     assert_eq!(c.outcome('a', w), Some(IoOutcome::Done));
+    c.cut();
+    c.settle();
     assert!(matches!(
         c.cmd(
             'a',
@@ -1494,6 +1496,8 @@ fn a_primary_detaches_only_with_an_uptodate_peer_and_attaches_only_once_demoted(
         ),
         CommandResult::Refused(_)
     ));
+    c.heal();
+    c.settle();
     // Demoted, the old disk comes back: it holds stale data and is copied over.
     assert_eq!(c.cmd('a', Command::Secondary), CommandResult::Ok(vec![]));
     c.settle();
@@ -1568,4 +1572,289 @@ fn a_secondary_whose_disk_fails_detaches_and_the_primary_goes_on_alone() {
     c.settle();
     assert_eq!(c.b.engine.disk, DiskState::UpToDate);
     assert_eq!(c.a.disk, c.b.disk);
+}
+
+// ---- a Primary attaching a disk: resynced while its device is in use ----
+
+/// `a`, Primary, has its disk detached by the operator, writes on through `b` (blocks
+/// 0..8 hold 0x10 + block), then attaches a new disk full of garbage.
+fn primary_attaching_a_new_disk() -> Cluster {
+    let mut c = Cluster::synced(default_policy());
+    assert_eq!(c.cmd('a', Command::Detach), CommandResult::Ok(vec![]));
+    c.settle();
+    for block in 0..8u64 {
+        c.write(
+            'a',
+            block * BLOCK_BYTES,
+            0x10 + block as u8,
+            BLOCK_BYTES as usize,
+        );
+    }
+    c.settle();
+    c.a.disk = vec![0x77; SIZE as usize];
+    let r = c.cmd(
+        'a',
+        Command::Attach {
+            uuids: Uuids::default(),
+        },
+    );
+    assert!(matches!(r, CommandResult::Ok(_)), "{r:?}");
+    c
+}
+
+fn block_of(byte: u8) -> Vec<u8> {
+    vec![byte; BLOCK_BYTES as usize]
+}
+
+#[test]
+fn a_primary_attaches_a_new_disk_and_serves_its_device_while_the_peer_resyncs_it() {
+    let mut c = primary_attaching_a_new_disk();
+    assert_eq!(c.a.engine.disk, DiskState::Inconsistent);
+    assert_eq!(c.a.engine.conn.state(), ConnState::SyncTarget);
+    assert_eq!(c.a.persisted.state.disk, DiskState::Inconsistent);
+    // Before any chunk: reads are the peer's data, never the new disk's garbage.
+    let r = read(&mut c, 'a', 0, 2 * BLOCK_BYTES as u32);
+    // A full-block write and a partial one while the resync runs.
+    let w1 = c.write('a', 2 * BLOCK_BYTES, 0x22, BLOCK_BYTES as usize);
+    let w2 = c.write('a', 3 * BLOCK_BYTES + 512, 0x33, 1024);
+    let f = c.submit('a', IoRequest::Flush);
+    c.settle();
+    let mut expected = block_of(0x10);
+    expected.extend(block_of(0x11));
+    assert_eq!(c.outcome('a', r), Some(IoOutcome::Data(expected.into())));
+    for req in [w1, w2, f] {
+        assert_eq!(c.outcome('a', req), Some(IoOutcome::Done));
+    }
+    assert_eq!(c.a.engine.disk, DiskState::UpToDate);
+    assert_eq!(c.a.engine.conn.state(), ConnState::Connected);
+    assert_eq!(c.b.engine.conn.state(), ConnState::Connected);
+    assert_eq!(c.a.persisted.state.disk, DiskState::UpToDate);
+    assert_eq!(c.a.engine.bitmap.count(), 0);
+    assert_eq!(c.b.engine.bitmap.count(), 0);
+    assert_eq!(c.a.disk, c.b.disk);
+    let b = BLOCK_BYTES as usize;
+    assert_eq!(&c.a.disk[2 * b..3 * b], &block_of(0x22)[..]);
+    let mut block3 = block_of(0x13);
+    block3[512..1536].fill(0x33);
+    assert_eq!(&c.a.disk[3 * b..4 * b], &block3[..]);
+    // UpToDate: reads are local again.
+    let r = read(&mut c, 'a', 0, 4096);
+    assert!(matches!(
+        c.a.pending_io.back(),
+        Some(Action::LocalRead { offset: 0, .. })
+    ));
+    c.settle();
+    assert_eq!(
+        c.outcome('a', r),
+        Some(IoOutcome::Data(vec![0x10; 4096].into()))
+    );
+}
+
+#[test]
+fn a_resync_chunk_that_meets_a_write_of_the_primary_in_flight_is_sent_again_after_it() {
+    let mut c = primary_attaching_a_new_disk();
+    // b learns of the disk and reads its first chunks.
+    while c.deliver('b') {}
+    assert_eq!(c.b.engine.conn.state(), ConnState::SyncSource);
+    assert!(!c.b.pending_io.is_empty());
+    // a writes block 0 now: b reads the chunk before it has the write.
+    let w = c.write('a', 0, 0xee, BLOCK_BYTES as usize);
+    while c.complete_io('b') {}
+    // The chunk reaches a while the write is in flight there: it must not land.
+    while c.deliver('a') {}
+    assert_ne!(
+        &c.a.disk[..8],
+        &[0x10; 8][..],
+        "a stale chunk overwrote block 0"
+    );
+    c.settle();
+    assert_eq!(c.outcome('a', w), Some(IoOutcome::Done));
+    assert_eq!(c.a.engine.disk, DiskState::UpToDate);
+    assert_eq!(&c.a.disk[..BLOCK_BYTES as usize], &block_of(0xee)[..]);
+    assert_eq!(c.a.disk, c.b.disk);
+}
+
+#[test]
+fn the_source_holds_a_write_of_the_primary_until_the_chunk_it_overlaps_is_acknowledged() {
+    let mut c = primary_attaching_a_new_disk();
+    // b learns of the disk and reads its first chunk; then a's write to block 0
+    // reaches it. Its disk could finish the write before the read: the write waits.
+    while c.deliver('b') {}
+    assert!(matches!(
+        c.b.pending_io.front(),
+        Some(Action::LocalRead { offset: 0, .. })
+    ));
+    let w = c.write('a', 0, 0xee, BLOCK_BYTES as usize);
+    while c.deliver('b') {}
+    assert!(
+        !c.b.pending_io
+            .iter()
+            .any(|a| matches!(a, Action::LocalWrite { offset: 0, .. })),
+        "the write was issued under the chunk's read"
+    );
+    c.settle();
+    assert_eq!(c.outcome('a', w), Some(IoOutcome::Done));
+    assert_eq!(&c.b.disk[..BLOCK_BYTES as usize], &block_of(0xee)[..]);
+    assert_eq!(c.a.disk, c.b.disk);
+}
+
+#[test]
+fn a_primary_whose_peer_goes_away_during_the_resync_fails_io_and_resumes_on_reconnect() {
+    let mut c = primary_attaching_a_new_disk();
+    c.cut();
+    c.settle();
+    assert_eq!(c.a.engine.disk, DiskState::Inconsistent);
+    // No good copy reachable: nothing is served from the half-copied disk.
+    let r = read(&mut c, 'a', 0, 4096);
+    let w = c.write('a', 0, 0x44, 4096);
+    c.settle();
+    assert_eq!(c.outcome('a', r), Some(IoOutcome::Failed(libc::EIO)));
+    assert_eq!(c.outcome('a', w), Some(IoOutcome::Failed(libc::EIO)));
+    c.heal();
+    c.settle();
+    assert_eq!(c.a.engine.disk, DiskState::UpToDate);
+    assert_eq!(c.a.disk, c.b.disk);
+    assert_eq!(&c.a.disk[..BLOCK_BYTES as usize], &block_of(0x10)[..]);
+}
+
+mod primary_target_prop {
+    //! Random interleavings of a Primary's reads and writes with the resync onto the
+    //! disk it attached (and link cuts): every read returns the last acknowledged data,
+    //! and the copies converge.
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    const BLOCKS: u64 = 24;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Block, byte offset inside it (0: the whole block), length.
+        Write(u64, u64, u64),
+        Read(u64),
+        Step(u8),
+        Cut,
+        Heal,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..BLOCKS).prop_map(|b| Op::Write(b, 0, BLOCK_BYTES)),
+            2 => (0..BLOCKS, 0u64..7, 1u64..8).prop_map(|(b, o, l)| Op::Write(b, o * 512, l.min(8 - o) * 512)),
+            3 => (0..BLOCKS).prop_map(Op::Read),
+            10 => any::<u8>().prop_map(Op::Step),
+            1 => Just(Op::Cut),
+            1 => Just(Op::Heal),
+        ]
+    }
+
+    struct Model {
+        /// Block -> its content as acknowledged (None: a failed write left it unknown).
+        blocks: HashMap<u64, Option<Vec<u8>>>,
+        writes: HashMap<ReqId, (u64, u64, u8, u64)>,
+        reads: HashMap<ReqId, u64>,
+        next_val: u8,
+    }
+
+    impl Model {
+        fn busy(&self, block: u64) -> bool {
+            self.writes.values().any(|w| w.0 == block) || self.reads.values().any(|b| *b == block)
+        }
+
+        fn absorb(&mut self, c: &mut Cluster) {
+            for (req, outcome) in std::mem::take(&mut c.a.completed) {
+                if let Some((block, off, val, len)) = self.writes.remove(&req) {
+                    match outcome {
+                        IoOutcome::Done => {
+                            if let Some(Some(content)) = self.blocks.get_mut(&block) {
+                                content[off as usize..(off + len) as usize].fill(val);
+                            }
+                        }
+                        _ => {
+                            self.blocks.insert(block, None);
+                        }
+                    }
+                } else if let Some(block) = self.reads.remove(&req) {
+                    if let (IoOutcome::Data(d), Some(Some(content))) =
+                        (&outcome, self.blocks.get(&block))
+                    {
+                        assert_eq!(&d[..], &content[..], "read of block {block}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn run(ops: Vec<Op>) {
+        let mut c = primary_attaching_a_new_disk();
+        let b = BLOCK_BYTES as usize;
+        let mut m = Model {
+            blocks: (0..BLOCKS)
+                .map(|i| {
+                    (
+                        i,
+                        Some(c.b.disk[i as usize * b..(i as usize + 1) * b].to_vec()),
+                    )
+                })
+                .collect(),
+            writes: HashMap::new(),
+            reads: HashMap::new(),
+            next_val: 1,
+        };
+        for op in ops {
+            match op {
+                Op::Write(block, off, len) if !m.busy(block) => {
+                    let val = m.next_val;
+                    m.next_val = m.next_val.wrapping_add(1).max(1);
+                    let req = c.write('a', block * BLOCK_BYTES + off, val, len as usize);
+                    m.writes.insert(req, (block, off, val, len));
+                }
+                Op::Read(block) if !m.busy(block) => {
+                    let req = read(&mut c, 'a', block * BLOCK_BYTES, BLOCK_BYTES as u32);
+                    m.reads.insert(req, block);
+                }
+                Op::Write(..) | Op::Read(_) => {}
+                Op::Step(choice) => {
+                    let _ = match choice % 4 {
+                        0 => c.complete_io('a'),
+                        1 => c.complete_io('b'),
+                        2 => c.deliver('a'),
+                        _ => c.deliver('b'),
+                    };
+                }
+                Op::Cut => c.cut(),
+                Op::Heal => c.heal(),
+            }
+            m.absorb(&mut c);
+        }
+        c.heal();
+        c.settle();
+        m.absorb(&mut c);
+        assert!(
+            m.writes.is_empty() && m.reads.is_empty(),
+            "every request completes"
+        );
+        assert_eq!(
+            c.a.engine.disk,
+            DiskState::UpToDate,
+            "{:?}",
+            c.a.engine.status()
+        );
+        assert_eq!(c.b.engine.disk, DiskState::UpToDate);
+        assert_eq!(c.a.disk, c.b.disk, "the copies converge");
+        for (block, content) in &m.blocks {
+            if let Some(content) = content {
+                let o = *block as usize * b;
+                assert_eq!(&c.a.disk[o..o + b], &content[..], "block {block}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        #[test]
+        fn reads_see_acknowledged_writes_and_the_copies_converge(ops in proptest::collection::vec(op(), 1..120)) {
+            run(ops);
+        }
+    }
 }

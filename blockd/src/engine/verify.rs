@@ -93,7 +93,7 @@ impl Engine {
     pub(super) fn stop_verify(&mut self) {
         if let Some(v) = self.verify.take() {
             for id in v.inflight.keys() {
-                self.release_background_lock(LockOwner::Verify(*id));
+                self.release_lock(LockOwner::Verify(*id));
             }
         }
     }
@@ -214,7 +214,7 @@ impl Engine {
             self.bitmap.set_range_bytes(off, len);
             self.send(0, Message::OutOfSync { offset: off, len });
         }
-        self.release_background_lock(LockOwner::Verify(id));
+        self.release_lock(LockOwner::Verify(id));
     }
 
     fn finish_verify(&mut self) {

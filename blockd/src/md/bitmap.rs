@@ -103,6 +103,16 @@ impl Bitmap {
         self.clear_bits(first, end);
     }
 
+    /// Whether any block the byte range `[offset, offset + len)` touches is marked.
+    pub fn any_set_bytes(&self, offset: u64, len: u64) -> bool {
+        if len == 0 {
+            return false;
+        }
+        let end = offset.saturating_add(len).div_ceil(BLOCK_BYTES);
+        self.next_set(offset / BLOCK_BYTES)
+            .is_some_and(|bit| bit < end)
+    }
+
     /// Number of set bits, in O(1).
     pub fn count(&self) -> u64 {
         self.count
