@@ -1335,9 +1335,7 @@ impl Engine {
             Message::RsAck => self.on_rs_ack(id),
             Message::RsNack => self.on_rs_nack(id),
             Message::ResyncDone { uuids } => self.on_resync_done(uuids),
-            Message::OutOfSync { offset, len } => {
-                self.bitmap.set_range_bytes(offset, len);
-            }
+            Message::OutOfSync { offset, len } => self.on_out_of_sync(offset, len),
             Message::VerifyReq { .. } if self.diskless() => {
                 self.lose_session("verify asked of a detached disk", false);
             }

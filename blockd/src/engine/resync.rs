@@ -41,6 +41,9 @@ struct Chunk {
     offset: u64,
     len: u64,
     data: Option<Bytes>,
+    /// The target marked some of these blocks out of sync again (it did not take the
+    /// chunk, or wrote part of it): the ack leaves them marked.
+    remarked: bool,
 }
 
 /// Rate samples for status: (mono ms, resynced bytes).
@@ -204,6 +207,7 @@ impl Engine {
                     offset,
                     len,
                     data: None,
+                    remarked: false,
                 },
             );
             self.ops.insert(id, OpKind::ResyncRead { chunk: id });
@@ -246,9 +250,25 @@ impl Engine {
         let Some(c) = rs.inflight.remove(&id) else {
             return;
         };
-        self.bitmap.clear_range_full_blocks(c.offset, c.len);
-        self.resynced_bytes += c.len;
+        if !c.remarked {
+            self.bitmap.clear_range_full_blocks(c.offset, c.len);
+            self.resynced_bytes += c.len;
+        }
         self.release_lock(LockOwner::Resync(id));
+    }
+
+    /// The peer says it lacks these blocks: marked, including under a chunk in flight
+    /// (the peer sends this before the chunk's ack, which must not clear them).
+    pub(super) fn on_out_of_sync(&mut self, offset: u64, len: u64) {
+        self.bitmap.set_range_bytes(offset, len);
+        if let Some(rs) = &mut self.resync {
+            let end = offset.saturating_add(len);
+            for c in rs.inflight.values_mut() {
+                if c.offset < end && offset < c.offset + c.len {
+                    c.remarked = true;
+                }
+            }
+        }
     }
 
     pub(super) fn on_rs_nack(&mut self, id: u64) {
@@ -301,10 +321,10 @@ impl Engine {
         {
             // A write of this Primary's to these blocks is in flight: the source read
             // the chunk before it had that write (it applies the write only after the
-            // chunk's ack), so the chunk is stale. Taken as done, then marked again on
-            // the source, which sends the blocks once more after the write.
-            self.send(frame_id, Message::RsAck);
+            // chunk's ack), so the chunk is stale. Marked again on the source, which
+            // sends the blocks once more after the write.
             self.send(0, Message::OutOfSync { offset, len });
+            self.send(frame_id, Message::RsAck);
             return;
         }
         let session = self.conn.session().unwrap_or(0);
