@@ -30,7 +30,9 @@
 //! marks of the blocks it covers once both have it), and fails, as on a Diskless
 //! Primary, when the peer is gone. A resync chunk that meets one of its writes in
 //! flight is stale (the source applies that write only after the chunk's
-//! acknowledgement, see `resync`): it is skipped and marked again on the source.
+//! acknowledgement, see `resync`): it is skipped and marked again on the source. If
+//! the attached disk fails too, the Primary detaches it again and stays connected: the
+//! peer stops the resync and serves the device as before.
 
 use super::session::Mode;
 use super::{Action, CommandResult, Engine, OpKind, ReqId, MAX_WRITE_BYTES};
@@ -120,7 +122,13 @@ impl Engine {
             Some(reason),
         );
         self.detach_reason = Some(cause);
-        if self.resync.is_some() || self.conn.is_sync_target() || self.verify.is_some() {
+        if self.role == Role::Primary && self.conn.is_sync_target() {
+            // The disk attached under this Primary fails during its resync: the session
+            // stays (the peer serves the device again, its writes in flight included),
+            // the peer stops sending when it learns of the detach.
+            self.conn.set_mode(Mode::Connected);
+            self.announce_state();
+        } else if self.resync.is_some() || self.conn.is_sync_target() || self.verify.is_some() {
             // Its resync or verify cannot go on: the next session starts over from the
             // states, where this disk is Diskless.
             self.lose_session("the local disk failed during a resync or verify", false);

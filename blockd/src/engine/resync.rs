@@ -315,14 +315,16 @@ impl Engine {
     pub(super) fn on_rs_data(&mut self, frame_id: u64, offset: u64, payload: Bytes) {
         let len = payload.len() as u64;
         let op = self.alloc_id();
-        if !self
-            .locks
-            .try_acquire(LockOwner::Resync(op), Range::new(offset, len))
+        if self.diskless()
+            || !self
+                .locks
+                .try_acquire(LockOwner::Resync(op), Range::new(offset, len))
         {
             // A write of this Primary's to these blocks is in flight: the source read
             // the chunk before it had that write (it applies the write only after the
             // chunk's ack), so the chunk is stale. Marked again on the source, which
-            // sends the blocks once more after the write.
+            // sends the blocks once more after the write. (Or the disk is detached and
+            // the source has not heard of it yet.)
             self.send(0, Message::OutOfSync { offset, len });
             self.send(frame_id, Message::RsAck);
             return;

@@ -432,6 +432,12 @@ impl Engine {
             );
             if st.disk == DiskState::Diskless {
                 warn!(resource = %self.cfg.resource, peer = %self.cfg.peer, "the peer's disk is detached");
+                if self.conn.is_sync_source() {
+                    // Its disk failed during the resync onto it (a Primary's, see
+                    // `detach`): nothing more to send.
+                    self.stop_resync();
+                    self.conn.set_mode(Mode::Connected);
+                }
                 self.peer_detached();
             } else if old_disk == DiskState::Diskless
                 && st.disk == DiskState::Inconsistent

@@ -1723,6 +1723,33 @@ fn the_source_holds_a_write_of_the_primary_until_the_chunk_it_overlaps_is_acknow
 }
 
 #[test]
+fn a_disk_that_fails_again_under_the_primary_during_its_resync_is_detached_without_failing_io() {
+    let mut c = primary_attaching_a_new_disk();
+    c.a.failing = true;
+    let w = c.write('a', 5 * BLOCK_BYTES, 0x55, BLOCK_BYTES as usize);
+    let r = read(&mut c, 'a', 0, 4096);
+    c.settle();
+    assert_eq!(c.outcome('a', w), Some(IoOutcome::Done));
+    assert_eq!(
+        c.outcome('a', r),
+        Some(IoOutcome::Data(vec![0x10; 4096].into()))
+    );
+    assert_eq!(c.a.engine.disk, DiskState::Diskless);
+    assert_eq!(c.a.engine.conn.state(), ConnState::Connected);
+    assert_eq!(c.b.engine.conn.state(), ConnState::Connected);
+    assert_eq!(c.b.engine.status().peer_disk, DiskState::Diskless);
+    let b = BLOCK_BYTES as usize;
+    assert_eq!(&c.b.disk[5 * b..6 * b], &block_of(0x55)[..]);
+    // The peer serves the device again.
+    let r = read(&mut c, 'a', 5 * BLOCK_BYTES, 4096);
+    c.settle();
+    assert_eq!(
+        c.outcome('a', r),
+        Some(IoOutcome::Data(vec![0x55; 4096].into()))
+    );
+}
+
+#[test]
 fn a_primary_whose_peer_goes_away_during_the_resync_fails_io_and_resumes_on_reconnect() {
     let mut c = primary_attaching_a_new_disk();
     c.cut();
