@@ -38,6 +38,9 @@ use tracing::{error, info, warn};
 
 /// Largest request the device accepts (its `max_sectors`), and each tag's buffer size.
 pub const IO_BUF_BYTES: u32 = 1024 * 1024;
+/// A write at least this large is followed by one yield of the CPU once it is in the
+/// resource task's inbox (see [`yield_once_handed_over`]).
+const HANDOVER_YIELD_BYTES: usize = 64 * 1024;
 
 /// The block device node of ublk device `id`.
 pub fn block_device(id: u32) -> PathBuf {
@@ -565,7 +568,12 @@ async fn serve_request(
         inner: Box::pin(handle.submit(request)),
         kick: kick.clone(),
     };
-    match submitted.await {
+    let outcome = if op == sys::UBLK_IO_OP_WRITE && len >= HANDOVER_YIELD_BYTES {
+        yield_once_handed_over(submitted).await
+    } else {
+        submitted.await
+    };
+    match outcome {
         Ok(IoOutcome::Data(d)) if op == sys::UBLK_IO_OP_READ && d.len() == len => {
             match data.give(&d) {
                 Ok(()) => len as i32,
@@ -578,6 +586,28 @@ async fn serve_request(
         Ok(IoOutcome::Done) => 0,
         Ok(IoOutcome::Failed(e)) => as_block_error(e),
         Err(e) => as_block_error(super::io::errno(&e)),
+    }
+}
+
+/// Waits for `submitted`, giving the CPU away once after its first poll has handed the
+/// request to the resource task.
+///
+/// When the kernel hands over several large writes at once, this thread would
+/// otherwise copy all of them in before blockd's other threads (all `SCHED_BATCH`, so a
+/// wake-up does not preempt) could start replicating the first: in the lab (one vCPU
+/// per guest, 1 MiB writes at QD4) the first block of such a batch left for the peer
+/// ~10 ms after fio issued it, with the replication link idle meanwhile. After the
+/// yield the resource task takes the block and the writer thread starts sending it
+/// while this thread copies the next: 1M QD4 +4% in the same lab (14 alternating
+/// rounds in one boot, 12 of them faster).
+async fn yield_once_handed_over<F: Future + Unpin>(mut submitted: F) -> F::Output {
+    let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut submitted).poll(cx))).await;
+    match first {
+        Poll::Ready(outcome) => outcome,
+        Poll::Pending => {
+            std::thread::yield_now();
+            submitted.await
+        }
     }
 }
 
