@@ -5,6 +5,13 @@
 //! The node whose name sorts first dials; the other listens. Only sessions that pass
 //! authentication reach the engine, so garbage, a wrong secret or a wrong resource on
 //! the port is refused here with a log line and never disturbs a running session.
+//!
+//! In a stream of large blocks (a sequential write, a resync) the reader yields to the
+//! resource task after each one, which hands it to the disk (see `UringQueue::submit`)
+//! before the reader receives the next: otherwise, with the data arriving faster than
+//! one vCPU reads it, the reader took two or three 1 MiB blocks before the first went
+//! to the disk, and the Primary's writes completed in bursts (lab, 1M QD4: +10% with
+//! the yields of the ublk queue thread and of the submission together).
 
 use super::resource::ResourceMsg;
 use crate::aligned::ALIGN;
@@ -317,6 +324,11 @@ pub async fn read_session(
         };
         if to_resource.send(ResourceMsg::Engine(input)).await.is_err() {
             return;
+        }
+        if frames.after_large_block {
+            // Let the resource task put this block on the disk before the next one is
+            // received (see the module doc).
+            tokio::task::yield_now().await;
         }
     };
     let _ = to_resource

@@ -20,6 +20,9 @@ use std::sync::Arc;
 const ENTRIES: u32 = 256;
 /// `user_data` of the eventfd read.
 const WAKE: u64 = u64::MAX;
+/// A write at least this large is followed by one yield of the caller (see
+/// [`UringQueue::submit`]).
+const HANDOVER_YIELD_BYTES: usize = 64 * 1024;
 
 /// One operation on the backing file.
 #[derive(Debug)]
@@ -92,7 +95,14 @@ impl UringQueue {
 
     /// Starts one operation; `done` gets its result (here, at once, if the ring thread
     /// is gone).
+    ///
+    /// After a large write the caller gives the CPU away once, so that the ring thread
+    /// (which, like all of blockd's threads, does not preempt it when woken) puts the
+    /// write on the disk before the caller goes on, say, to receive the next 1 MiB
+    /// block: the disk then works while the caller does.
     pub fn submit(&self, op: UringOp, done: UringDone) {
+        let large =
+            matches!(&op, UringOp::Write { data, .. } if data.len() >= HANDOVER_YIELD_BYTES);
         if let Err(mpsc::SendError(s)) = self.tx.send(Submission { op, done }) {
             (s.done)(Err(io::Error::from_raw_os_error(libc::ESHUTDOWN)));
             return;
@@ -100,6 +110,9 @@ impl UringQueue {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
         let _ = unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if large {
+            std::thread::yield_now();
+        }
     }
 }
 
