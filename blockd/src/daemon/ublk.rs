@@ -18,6 +18,7 @@
 //! with [`UblkSpec::recover`] and a mounted filesystem sees no error.
 
 use super::resource::{ResourceHandle, ResourceMsg};
+use super::HANDOVER_YIELD_BYTES;
 use crate::aligned::AlignedBuf;
 use crate::engine::{IoOutcome, IoRequest};
 use io_uring::{opcode, types};
@@ -38,9 +39,6 @@ use tracing::{error, info, warn};
 
 /// Largest request the device accepts (its `max_sectors`), and each tag's buffer size.
 pub const IO_BUF_BYTES: u32 = 1024 * 1024;
-/// A write at least this large is followed by one yield of the CPU once it is in the
-/// resource task's inbox (see [`yield_once_handed_over`]).
-const HANDOVER_YIELD_BYTES: usize = 64 * 1024;
 
 /// The block device node of ublk device `id`.
 pub fn block_device(id: u32) -> PathBuf {

@@ -7,6 +7,7 @@
 //! the thread's slot table until their operation completes, so the kernel never sees a
 //! freed buffer.
 
+use super::HANDOVER_YIELD_BYTES;
 use crate::aligned::{is_aligned, is_direct_ready, AlignedBuf};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -20,9 +21,6 @@ use std::sync::Arc;
 const ENTRIES: u32 = 256;
 /// `user_data` of the eventfd read.
 const WAKE: u64 = u64::MAX;
-/// A write at least this large is followed by one yield of the caller (see
-/// [`UringQueue::submit`]).
-const HANDOVER_YIELD_BYTES: usize = 64 * 1024;
 
 /// One operation on the backing file.
 #[derive(Debug)]
