@@ -153,6 +153,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             want_link: want_tx,
             rx,
             tx: tx.clone(),
+            started: std::time::Instant::now(),
         };
         info!(resource = %name, peer = %peer_name, backing = %r.backing.display(), "resource up");
         tokio::spawn(task.run().instrument(span));

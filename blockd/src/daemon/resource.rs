@@ -138,6 +138,33 @@ impl NbdBackend for ResourceHandle {
 /// ([`sender::Writer`]).
 const LIGHT_LOAD: usize = 2;
 
+/// With no frontend request in flight (a Secondary), little else in flight and nothing
+/// waiting in the inbox, a local read or write of at most this many bytes is done by
+/// the resource task itself (a blocking `pread`/`pwritev2`, as long as the disk's
+/// latency) instead of by the io_uring thread. Under QEMU's TCG every hand-over from one
+/// thread to another cost 0.2–0.4 ms, longer than a 4 KiB write to the disk: a Secondary
+/// receiving one write at a time now receives, writes and acknowledges it on one thread,
+/// as DRBD's receiver does (4k QD1 latency −19% in the lab). Under load the ring keeps
+/// many operations in flight. A Primary's own writes stay on the ring: theirs is not the
+/// path its requests wait on (the peer's acknowledgement is), and fio's next request
+/// would wait behind the disk.
+const INLINE_IO_BYTES: usize = 64 * 1024;
+
+/// A small local operation the resource task does itself ([`INLINE_IO_BYTES`]).
+enum InlineIo {
+    Write {
+        op: OpId,
+        offset: u64,
+        data: bytes::Bytes,
+        fua: bool,
+    },
+    Read {
+        op: OpId,
+        offset: u64,
+        len: u32,
+    },
+}
+
 struct Session {
     id: u64,
     writer: sender::Writer,
@@ -257,6 +284,8 @@ pub struct ResourceTask {
     pub rx: mpsc::Receiver<ResourceMsg>,
     /// A sender to the inbox, for completions.
     pub tx: mpsc::Sender<ResourceMsg>,
+    /// When the task was made: the engine's monotonic clock counts from here.
+    pub started: Instant,
 }
 
 fn now(start: Instant) -> Now {
@@ -273,7 +302,7 @@ fn now(start: Instant) -> Now {
 impl ResourceTask {
     /// Runs until shutdown.
     pub async fn run(mut self) {
-        let start = Instant::now();
+        let start = self.started;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending: HashMap<ReqId, oneshot::Sender<IoOutcome>> = HashMap::new();
@@ -575,18 +604,73 @@ impl ResourceTask {
         pending.len() + self.engine.local_ops_in_flight() <= LIGHT_LOAD
     }
 
+    /// Carries out the engine's actions until it has none left. A small local read or
+    /// write of an otherwise idle Secondary is done right here, once the frames of its
+    /// batch are out ([`INLINE_IO_BYTES`]), and its outcome goes straight back to the
+    /// engine.
     fn execute(
         &mut self,
         pending: &mut HashMap<ReqId, oneshot::Sender<IoOutcome>>,
         session: &mut Option<Session>,
         fronts: &mut Frontends,
     ) {
+        let mut inline = Vec::new();
         loop {
             let actions = self.engine.take_actions();
             if actions.is_empty() {
-                return;
+                if inline.is_empty() {
+                    return;
+                }
+                // What the batch staged leaves before this thread waits on the disk.
+                if let Some(s) = session.as_mut() {
+                    s.writer.flush(self.light_load(pending));
+                }
+                for io in inline.drain(..) {
+                    let (op, outcome) = match io {
+                        InlineIo::Write {
+                            op,
+                            offset,
+                            data,
+                            fua,
+                        } => (op, self.backing.write_now(offset, &data, fua)),
+                        InlineIo::Read { op, offset, len } => {
+                            (op, self.backing.read_now(offset, len))
+                        }
+                    };
+                    self.engine
+                        .handle(now(self.started), Input::LocalDone { op, outcome });
+                }
+                continue;
             }
             for action in actions {
+                // No frontend request (a Secondary's, or an idle Primary's resync),
+                // little in flight and nothing waiting in the inbox: a message behind it
+                // (the next of a burst of peer writes, or of fio's requests) would wait
+                // for the disk, and a burst would reach the disk one write at a time.
+                let light = pending.is_empty() && self.light_load(pending) && self.rx.is_empty();
+                let action = match action {
+                    Action::LocalWrite {
+                        op,
+                        offset,
+                        data,
+                        fua,
+                    } if light && data.len() <= INLINE_IO_BYTES => {
+                        inline.push(InlineIo::Write {
+                            op,
+                            offset,
+                            data,
+                            fua,
+                        });
+                        continue;
+                    }
+                    Action::LocalRead { op, offset, len }
+                        if light && len as usize <= INLINE_IO_BYTES =>
+                    {
+                        inline.push(InlineIo::Read { op, offset, len });
+                        continue;
+                    }
+                    other => other,
+                };
                 self.execute_one(action, pending, session, fronts);
             }
         }
