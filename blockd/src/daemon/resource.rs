@@ -138,16 +138,17 @@ impl NbdBackend for ResourceHandle {
 /// ([`sender::Writer`]).
 const LIGHT_LOAD: usize = 2;
 
-/// With no frontend request in flight (a Secondary), little else in flight and nothing
-/// waiting in the inbox, a local read or write of at most this many bytes is done by
-/// the resource task itself (a blocking `pread`/`pwritev2`, as long as the disk's
-/// latency) instead of by the io_uring thread. Under QEMU's TCG every hand-over from one
-/// thread to another cost 0.2–0.4 ms, longer than a 4 KiB write to the disk: a Secondary
-/// receiving one write at a time now receives, writes and acknowledges it on one thread,
-/// as DRBD's receiver does (4k QD1 latency −19% in the lab). Under load the ring keeps
-/// many operations in flight. A Primary's own writes stay on the ring: theirs is not the
-/// path its requests wait on (the peer's acknowledgement is), and fio's next request
-/// would wait behind the disk.
+/// With little in flight and nothing waiting in the inbox, a local write of at most this
+/// many bytes on a node without frontend requests (a Secondary), or a read with at most
+/// one frontend request in flight (a Primary's single read), is done by the resource task
+/// itself (a blocking `pread`/`pwritev2`, as long as the disk's latency) instead of by
+/// the io_uring thread. Under QEMU's TCG every hand-over from one thread to another cost
+/// 0.2–0.4 ms, longer than a 4 KiB write to the disk: a Secondary receiving one write at
+/// a time now receives, writes and acknowledges it on one thread, as DRBD's receiver
+/// does (4k QD1 write latency −19% in the lab), and a single read skips two hand-overs.
+/// Under load the ring keeps many operations in flight. A Primary's own writes stay on
+/// the ring: theirs is not the path its requests wait on (the peer's acknowledgement
+/// is), and fio's next request would wait behind the disk.
 const INLINE_IO_BYTES: usize = 64 * 1024;
 
 /// A small local operation the resource task does itself ([`INLINE_IO_BYTES`]).
@@ -605,9 +606,8 @@ impl ResourceTask {
     }
 
     /// Carries out the engine's actions until it has none left. A small local read or
-    /// write of an otherwise idle Secondary is done right here, once the frames of its
-    /// batch are out ([`INLINE_IO_BYTES`]), and its outcome goes straight back to the
-    /// engine.
+    /// write of an otherwise idle node is done right here, once the frames of its batch
+    /// are out ([`INLINE_IO_BYTES`]), and its outcome goes straight back to the engine.
     fn execute(
         &mut self,
         pending: &mut HashMap<ReqId, oneshot::Sender<IoOutcome>>,
@@ -643,18 +643,21 @@ impl ResourceTask {
                 continue;
             }
             for action in actions {
-                // No frontend request (a Secondary's, or an idle Primary's resync),
-                // little in flight and nothing waiting in the inbox: a message behind it
-                // (the next of a burst of peer writes, or of fio's requests) would wait
-                // for the disk, and a burst would reach the disk one write at a time.
-                let light = pending.is_empty() && self.light_load(pending) && self.rx.is_empty();
+                // Little in flight and nothing waiting in the inbox: a message behind
+                // this one (the next of a burst of peer writes, or of fio's requests)
+                // would wait for the disk, and a burst would reach the disk one write
+                // at a time.
+                let idle = self.light_load(pending) && self.rx.is_empty();
                 let action = match action {
+                    // A Secondary's write (or an idle Primary's resync): a Primary's
+                    // own write is not what its request waits for, the peer's
+                    // acknowledgement is.
                     Action::LocalWrite {
                         op,
                         offset,
                         data,
                         fua,
-                    } if light && data.len() <= INLINE_IO_BYTES => {
+                    } if idle && pending.is_empty() && data.len() <= INLINE_IO_BYTES => {
                         inline.push(InlineIo::Write {
                             op,
                             offset,
@@ -663,8 +666,10 @@ impl ResourceTask {
                         });
                         continue;
                     }
+                    // A read for the peer, or the one request of a Primary: what it
+                    // waits for.
                     Action::LocalRead { op, offset, len }
-                        if light && len as usize <= INLINE_IO_BYTES =>
+                        if idle && pending.len() <= 1 && len as usize <= INLINE_IO_BYTES =>
                     {
                         inline.push(InlineIo::Read { op, offset, len });
                         continue;
