@@ -1,7 +1,8 @@
 //! Local I/O on the backing device.
 //!
-//! Reads, writes and flushes go through an io_uring queue ([`super::uring`]); FUA
-//! writes carry `RWF_DSYNC`. Reads and writes aligned to 4 KiB go through a second
+//! Reads, writes and flushes go through an io_uring queue ([`super::uring`]), except a
+//! small read or write of an otherwise idle resource, which its task does itself
+//! ([`Backing::write_now`], [`Backing::read_now`]); FUA writes carry `RWF_DSYNC`. Reads and writes aligned to 4 KiB go through a second
 //! descriptor opened with `O_DIRECT` (when the filesystem allows it), bypassing the
 //! page cache; others use the page cache, which the kernel keeps coherent with direct
 //! I/O (it flushes and invalidates the range around each one), and range locks keep
