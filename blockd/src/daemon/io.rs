@@ -23,7 +23,7 @@ use crate::engine::IoOutcome;
 use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -116,21 +116,26 @@ impl Backing {
         )
     }
 
+    /// `data` ready for the O_DIRECT descriptor, and whether it is: block-aligned writes
+    /// bypass the page cache, their buffer copied to an aligned one only if it is not
+    /// aligned already.
+    fn for_direct(&self, offset: u64, data: Bytes) -> (Bytes, bool) {
+        if self.direct.is_none() || !aligned::is_direct_ready(offset, &data) {
+            return (data, false);
+        }
+        let data = if aligned::is_aligned(&data) {
+            data
+        } else {
+            aligned::AlignedBuf::copy_of(&data).map_or(data, aligned::AlignedBuf::into_bytes)
+        };
+        let direct = aligned::is_aligned(&data);
+        (data, direct)
+    }
+
     /// Writes `data` at `offset`; with `fua`, makes it durable first.
     pub fn write(&self, offset: u64, data: Bytes, fua: bool, done: Done) {
         if let Some(q) = &self.uring {
-            // Block-aligned writes bypass the page cache (O_DIRECT); the buffer is
-            // copied to an aligned one only if it is not aligned already.
-            let mut data = data;
-            let mut direct = false;
-            if self.direct.is_some() && aligned::is_direct_ready(offset, &data) {
-                if !aligned::is_aligned(&data) {
-                    if let Some(b) = aligned::AlignedBuf::copy_of(&data) {
-                        data = b.into_bytes();
-                    }
-                }
-                direct = aligned::is_aligned(&data);
-            }
+            let (data, direct) = self.for_direct(offset, data);
             let op = UringOp::Write {
                 offset,
                 data,
@@ -156,21 +161,13 @@ impl Backing {
     /// it (durable first with `fua`), through the same descriptors as [`Backing::write`].
     /// For a small write when nothing else is in flight: handing it to the ring thread
     /// and its completion back costs two thread hand-overs, more than the write itself.
-    pub fn write_now(&self, offset: u64, data: &[u8], fua: bool) -> IoOutcome {
-        let copy;
-        let (direct, buf): (Option<RawFd>, &[u8]) = match &self.direct {
-            Some(d) if aligned::is_direct_ready(offset, data) => {
-                if aligned::is_aligned(data) {
-                    (Some(d.as_raw_fd()), data)
-                } else if let Some(b) = aligned::AlignedBuf::copy_of(data) {
-                    copy = b;
-                    (Some(d.as_raw_fd()), copy.as_ref())
-                } else {
-                    (None, data)
-                }
-            }
-            _ => (None, data),
-        };
+    pub fn write_now(&self, offset: u64, data: Bytes, fua: bool) -> IoOutcome {
+        let (buf, direct) = self.for_direct(offset, data);
+        let direct = self
+            .direct
+            .as_ref()
+            .filter(|_| direct)
+            .map(|d| d.as_raw_fd());
         let flags = if fua { libc::RWF_DSYNC } else { 0 };
         let mut done = 0;
         while done < buf.len() {
@@ -209,9 +206,6 @@ impl Backing {
     /// descriptors as [`Backing::read`] (see [`Backing::write_now`] for when).
     pub fn read_now(&self, offset: u64, len: u32) -> IoOutcome {
         let len = len as usize;
-        if len == 0 {
-            return IoOutcome::Data(Bytes::new());
-        }
         let direct = self.direct.as_ref().filter(|_| {
             offset.is_multiple_of(aligned::ALIGN as u64) && len.is_multiple_of(aligned::ALIGN)
         });
@@ -421,8 +415,11 @@ mod tests {
         v[1..].fill(4);
         let unaligned = Bytes::from(v).slice(1..);
         assert!(!aligned::is_aligned(&unaligned));
-        assert_eq!(b.write_now(8192, &unaligned, false), IoOutcome::Done);
-        assert_eq!(b.write_now(8192 + 10, &[5u8; 20], true), IoOutcome::Done);
+        assert_eq!(b.write_now(8192, unaligned, false), IoOutcome::Done);
+        assert_eq!(
+            b.write_now(8192 + 10, vec![5u8; 20].into(), true),
+            IoOutcome::Done
+        );
         assert_eq!(cached_pages(f.as_file(), 8192 + 4096, 4096), 0, "direct");
         // Each path sees what the other wrote.
         let IoOutcome::Data(got) = wait(|d| b.read(8192, 8192, d)).await else {

@@ -605,6 +605,19 @@ impl ResourceTask {
         pending.len() + self.engine.local_ops_in_flight() <= LIGHT_LOAD
     }
 
+    /// Whether a small local operation may be done by this task right now
+    /// ([`INLINE_IO_BYTES`]): at most `requests` frontend requests in flight, little in
+    /// flight in all, and nothing waiting in the inbox (a message behind this one, the
+    /// next of a burst of peer writes or of fio's requests, would wait for the disk, and
+    /// a burst would reach the disk one write at a time).
+    fn may_inline(
+        &self,
+        pending: &HashMap<ReqId, oneshot::Sender<IoOutcome>>,
+        requests: usize,
+    ) -> bool {
+        pending.len() <= requests && self.light_load(pending) && self.rx.is_empty()
+    }
+
     /// Carries out the engine's actions until it has none left. A small local read or
     /// write of an otherwise idle node is done right here, once the frames of its batch
     /// are out ([`INLINE_IO_BYTES`]), and its outcome goes straight back to the engine.
@@ -632,7 +645,7 @@ impl ResourceTask {
                             offset,
                             data,
                             fua,
-                        } => (op, self.backing.write_now(offset, &data, fua)),
+                        } => (op, self.backing.write_now(offset, data, fua)),
                         InlineIo::Read { op, offset, len } => {
                             (op, self.backing.read_now(offset, len))
                         }
@@ -643,11 +656,6 @@ impl ResourceTask {
                 continue;
             }
             for action in actions {
-                // Little in flight and nothing waiting in the inbox: a message behind
-                // this one (the next of a burst of peer writes, or of fio's requests)
-                // would wait for the disk, and a burst would reach the disk one write
-                // at a time.
-                let idle = self.light_load(pending) && self.rx.is_empty();
                 let action = match action {
                     // A Secondary's write (or an idle Primary's resync): a Primary's
                     // own write is not what its request waits for, the peer's
@@ -657,7 +665,7 @@ impl ResourceTask {
                         offset,
                         data,
                         fua,
-                    } if idle && pending.is_empty() && data.len() <= INLINE_IO_BYTES => {
+                    } if data.len() <= INLINE_IO_BYTES && self.may_inline(pending, 0) => {
                         inline.push(InlineIo::Write {
                             op,
                             offset,
@@ -669,7 +677,7 @@ impl ResourceTask {
                     // A read for the peer, or the one request of a Primary: what it
                     // waits for.
                     Action::LocalRead { op, offset, len }
-                        if idle && pending.len() <= 1 && len as usize <= INLINE_IO_BYTES =>
+                        if len as usize <= INLINE_IO_BYTES && self.may_inline(pending, 1) =>
                     {
                         inline.push(InlineIo::Read { op, offset, len });
                         continue;
