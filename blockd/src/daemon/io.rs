@@ -80,6 +80,11 @@ impl Backing {
         })
     }
 
+    /// The `O_DIRECT` descriptor, where the filesystem allows one.
+    pub fn direct_file(&self) -> Option<&Arc<File>> {
+        self.direct.as_ref()
+    }
+
     /// Logical and physical block sizes of the backing device (512 and 4096 for a
     /// regular file): what a frontend reports as its own limits.
     pub fn block_sizes(&self) -> (u32, u32) {

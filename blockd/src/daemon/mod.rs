@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod io;
+pub mod local_reads;
 pub mod peer;
 pub mod reload;
 pub mod resource;
@@ -22,6 +23,7 @@ use crate::engine::{decide, Engine, EngineConfig, PersistedState};
 use crate::md::{MdStore, FLAG_PRIMARY};
 use anyhow::{bail, Context};
 use hablock_config::{Config, ResourceConfig};
+use local_reads::LocalReads;
 use resource::{ResourceMsg, ResourceTask};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -140,6 +142,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             }),
             None => None,
         };
+        let local_reads = Arc::new(LocalReads::new(engine.size_bytes()));
         let task = ResourceTask {
             name: name.clone(),
             engine,
@@ -154,6 +157,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             rx,
             tx: tx.clone(),
             started: std::time::Instant::now(),
+            local_reads,
         };
         info!(resource = %name, peer = %peer_name, backing = %r.backing.display(), "resource up");
         tokio::spawn(task.run().instrument(span));

@@ -2,6 +2,7 @@
 //! backing device, feeds the engine its inputs and carries out its actions in order.
 
 use super::io::{Backing, Done};
+use super::local_reads::LocalReads;
 use super::peer::{self, NewSession};
 use super::sender;
 use super::ublk::{self, Phase, UblkDevice, UblkSpec};
@@ -287,6 +288,8 @@ pub struct ResourceTask {
     pub tx: mpsc::Sender<ResourceMsg>,
     /// When the task was made: the engine's monotonic clock counts from here.
     pub started: Instant,
+    /// Whether frontend reads may bypass this task, published after each batch.
+    pub local_reads: Arc<LocalReads>,
 }
 
 fn now(start: Instant) -> Now {
@@ -364,6 +367,10 @@ impl ResourceTask {
                         ResourceMsg::Status { reply } => {
                             let mut st = self.engine.status();
                             st.devices.extend(fronts.devices());
+                            let io = &mut st.statistics;
+                            io.disk_read_bytes += self.local_reads.read_bytes();
+                            io.app_pending += self.local_reads.in_flight();
+                            io.local_pending += self.local_reads.in_flight();
                             let _ = reply.send(st);
                         }
                         ResourceMsg::Session(s) => {
@@ -630,6 +637,14 @@ impl ResourceTask {
         let mut inline = Vec::new();
         loop {
             let actions = self.engine.take_actions();
+            // Before any request of the batch is answered: a write acknowledged with
+            // the disk just detached must not be read back from that disk.
+            self.local_reads.publish(
+                self.engine
+                    .reads_locally()
+                    .then(|| self.backing.direct_file())
+                    .flatten(),
+            );
             if actions.is_empty() {
                 if inline.is_empty() {
                     return;
@@ -840,7 +855,12 @@ impl ResourceTask {
             recover: u.recover,
         };
         u.recover = false;
-        Some(UblkDevice::start(spec, handle, self.tx.clone()))
+        Some(UblkDevice::start(
+            spec,
+            handle,
+            self.local_reads.clone(),
+            self.tx.clone(),
+        ))
     }
 
     fn start_export(&self) -> Option<NbdExport> {

@@ -8,6 +8,10 @@
 //! them is wrapped so that waking the tag's task also writes an eventfd that the queue's
 //! io_uring polls, so the queue thread leaves `io_uring_enter` at once.
 //!
+//! A read the resource has said it may serve from its own disk ([`LocalReads`]) skips
+//! the resource task: the tag's task reads the backing device on the queue's io_uring
+//! and commits the data itself, as a loop device would.
+//!
 //! Where the kernel offers `UBLK_F_USER_COPY` (6.5 on), a request's data moves with
 //! `pread`/`pwrite` on `/dev/ublkcN` straight between the kernel's pages and the buffer
 //! blockd uses (see `TagData`); otherwise each tag has a buffer the kernel copies into.
@@ -17,6 +21,7 @@
 //! had taken are reissued, which is safe for block I/O); a restarted blockd re-attaches
 //! with [`UblkSpec::recover`] and a mounted filesystem sees no error.
 
+use super::local_reads::{LocalRead, LocalReads};
 use super::resource::{ResourceHandle, ResourceMsg};
 use super::HANDOVER_YIELD_BYTES;
 use crate::aligned::AlignedBuf;
@@ -134,6 +139,7 @@ impl UblkDevice {
     pub fn start(
         spec: UblkSpec,
         handle: ResourceHandle,
+        local_reads: Arc<LocalReads>,
         notify: mpsc::Sender<ResourceMsg>,
     ) -> UblkDevice {
         let phase = Arc::new(Mutex::new(Phase::Starting));
@@ -141,7 +147,7 @@ impl UblkDevice {
         let p = phase.clone();
         let thread = std::thread::Builder::new()
             .name(format!("ublk{id}"))
-            .spawn(move || run_device(spec, handle, p, notify));
+            .spawn(move || run_device(spec, handle, local_reads, p, notify));
         match thread {
             Ok(t) => UblkDevice {
                 id,
@@ -220,6 +226,7 @@ fn set_phase(phase: &Mutex<Phase>, p: Phase) {
 fn run_device(
     spec: UblkSpec,
     handle: ResourceHandle,
+    local_reads: Arc<LocalReads>,
     phase: Arc<Mutex<Phase>>,
     notify: mpsc::Sender<ResourceMsg>,
 ) {
@@ -242,7 +249,8 @@ fn run_device(
         init_target(dev, &s);
         Ok(())
     };
-    let queue_fn = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, handle.clone());
+    let queue_fn =
+        move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, handle.clone(), &local_reads);
     let live_phase = phase.clone();
     let live_notify = notify.clone();
     let resource = spec.resource.clone();
@@ -378,7 +386,7 @@ impl<F: Future> Future for Kicked<F> {
     }
 }
 
-fn serve_queue(qid: u16, dev: &UblkDev, handle: ResourceHandle) {
+fn serve_queue(qid: u16, dev: &UblkDev, handle: ResourceHandle, local_reads: &LocalReads) {
     let id = dev.dev_info.dev_id;
     let kick = match nix::sys::eventfd::EventFd::from_flags(
         nix::sys::eventfd::EfdFlags::EFD_NONBLOCK | nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
@@ -405,7 +413,7 @@ fn serve_queue(qid: u16, dev: &UblkDev, handle: ResourceHandle) {
     for tag in queue.tags() {
         let (q, h, k) = (queue.clone(), handle.clone(), kick.clone());
         tags.push(exe.spawn(async move {
-            match serve_tag(&q, tag, cdev, &h, &k).await {
+            match serve_tag(&q, tag, cdev, &h, local_reads, &k).await {
                 Ok(()) | Err(UblkError::QueueIsDown) => {}
                 Err(e) => error!(ublk = id, queue = qid, tag, "tag failed: {e}"),
             }
@@ -507,6 +515,7 @@ async fn serve_tag(
     tag: u16,
     cdev: Option<BorrowedFd<'_>>,
     handle: &ResourceHandle,
+    local_reads: &LocalReads,
     kick: &Arc<OwnedFd>,
 ) -> Result<(), UblkError> {
     let mut data = match cdev {
@@ -519,7 +528,7 @@ async fn serve_tag(
     q.submit_io_prep_cmd(tag, data.desc(), 0, data.io_buf())
         .await?;
     loop {
-        let res = serve_request(q, tag, &mut data, handle, kick).await;
+        let res = serve_request(q, tag, &mut data, handle, local_reads, kick).await;
         q.submit_io_commit_cmd(tag, data.desc(), res).await?;
     }
 }
@@ -530,6 +539,7 @@ async fn serve_request(
     tag: u16,
     data: &mut TagData<'_>,
     handle: &ResourceHandle,
+    local_reads: &LocalReads,
     kick: &Arc<OwnedFd>,
 ) -> i32 {
     let iod = q.get_iod(tag);
@@ -541,10 +551,17 @@ async fn serve_request(
         sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE if len > IO_BUF_BYTES as usize => {
             return -libc::EINVAL;
         }
-        sys::UBLK_IO_OP_READ => IoRequest::Read {
-            offset,
-            len: len as u32,
-        },
+        sys::UBLK_IO_OP_READ => {
+            if let Some(read) = local_reads.begin(offset, len) {
+                if let Some(res) = read_locally(read, offset, len, data).await {
+                    return res;
+                }
+            }
+            IoRequest::Read {
+                offset,
+                len: len as u32,
+            }
+        }
         sys::UBLK_IO_OP_WRITE => match data.take(len) {
             Ok(buf) => IoRequest::Write {
                 offset,
@@ -584,6 +601,45 @@ async fn serve_request(
         Ok(IoOutcome::Done) => 0,
         Ok(IoOutcome::Failed(e)) => as_block_error(e),
         Err(e) => as_block_error(super::io::errno(&e)),
+    }
+}
+
+/// Reads `len` bytes at `offset` from the backing device on the queue's io_uring and
+/// hands them to the kernel: the request's result, or `None` when the read failed or
+/// came back short (the engine then serves the request and decides what that means).
+async fn read_locally(
+    read: LocalRead<'_>,
+    offset: u64,
+    len: usize,
+    data: &mut TagData<'_>,
+) -> Option<i32> {
+    let mut buf = InFlight(Some(AlignedBuf::zeroed(len)?));
+    let ptr = buf.0.as_mut()?.as_mut().as_mut_ptr();
+    let sqe = opcode::Read::new(types::Fd(read.file().as_raw_fd()), ptr, len as u32)
+        .offset(offset)
+        .build();
+    // The kernel writes into `buf` until the completion: if this future were dropped
+    // before it (the queue torn down), `InFlight` leaks the buffer rather than free it.
+    let res = ublk_submit_sqe_async(sqe, UblkUringData::Target as u64).await;
+    let buf = buf.0.take()?;
+    if res.ok()? != len as i32 {
+        return None;
+    }
+    read.done(len);
+    Some(match data.give(buf.as_ref()) {
+        Ok(()) => len as i32,
+        Err(e) => as_block_error(super::io::errno(&e)),
+    })
+}
+
+/// A buffer the kernel may still write into: leaked, not freed, if dropped.
+struct InFlight(Option<AlignedBuf>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(buf) = self.0.take() {
+            std::mem::forget(buf);
+        }
     }
 }
 

@@ -668,6 +668,15 @@ impl Engine {
         self.role
     }
 
+    /// Whether a frontend read of any range may be served from the local disk as it is
+    /// now, without asking the engine: this node is Primary and its disk UpToDate, so
+    /// every block there holds the last acknowledged write (the engine would itself
+    /// answer the read with [`Action::LocalRead`]). Changes only inside `handle` and
+    /// `command`; a daemon that serves reads on other threads publishes it after each.
+    pub fn reads_locally(&self) -> bool {
+        self.role == Role::Primary && self.disk == DiskState::UpToDate
+    }
+
     /// Size exported to clients.
     pub fn size_bytes(&self) -> u64 {
         self.size_bytes

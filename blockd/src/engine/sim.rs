@@ -1142,6 +1142,28 @@ mod random {
             }
         }
 
+        /// A node that says its reads may bypass the engine holds every acknowledged
+        /// block that no write is changing right now.
+        fn check_local_reads(&self, c: &Cluster) {
+            for n in [&c.a, &c.b] {
+                if !n.engine.reads_locally() {
+                    continue;
+                }
+                for (block, val) in &self.known {
+                    let Some(v) = val else { continue };
+                    if self.inflight.values().any(|(_, b, _)| b == block) {
+                        continue;
+                    }
+                    let o = (*block * BLOCK_BYTES) as usize;
+                    assert!(
+                        n.disk[o..o + BLOCK_BYTES as usize].iter().all(|b| b == v),
+                        "{} reads locally but its block {block} is stale",
+                        n.name
+                    );
+                }
+            }
+        }
+
         fn lose_inflight_of(&mut self, node: char) {
             let lost: Vec<ReqId> = self
                 .inflight
@@ -1248,6 +1270,7 @@ mod random {
                 Op::Settle => c.settle(),
             }
             m.absorb(&mut c);
+            m.check_local_reads(&c);
         }
         c.heal();
         c.settle();
@@ -1300,12 +1323,15 @@ fn read(c: &mut Cluster, which: char, offset: u64, len: u32) -> ReqId {
 fn a_primary_whose_disk_fails_detaches_and_serves_its_device_through_the_peer() {
     let mut c = Cluster::synced(default_policy());
     let a_before = c.a.disk.clone();
+    assert!(c.a.engine.reads_locally());
+    assert!(!c.b.engine.reads_locally(), "a Secondary serves no reads");
     c.a.failing = true;
     // The write whose local half fails completes: the peer has it.
     let w1 = c.write('a', 8192, 0x11, 4096);
     c.settle();
     assert_eq!(c.outcome('a', w1), Some(IoOutcome::Done));
     assert_eq!(c.a.engine.disk, DiskState::Diskless);
+    assert!(!c.a.engine.reads_locally(), "reads go to the peer");
     assert_eq!(
         c.a.engine.status().detach_reason.as_deref(),
         Some("local write failed (errno 5)")
