@@ -88,6 +88,34 @@ impl AlignedBuf {
     }
 }
 
+/// An aligned buffer whose bytes are not initialised yet: where a read the kernel
+/// carries out later (io_uring) lands. It never shows its bytes; once they are all
+/// written, [`Unfilled::assume_filled`] makes it an [`AlignedBuf`].
+pub struct Unfilled(AlignedBuf);
+
+impl Unfilled {
+    /// `len` bytes (`len > 0`), not zeroed; `None` if allocation fails.
+    pub fn new(len: usize) -> Option<Unfilled> {
+        let layout = Layout::from_size_align(len.max(1), ALIGN).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = NonNull::new(unsafe { alloc(layout) })?;
+        Some(Unfilled(AlignedBuf { ptr, len }))
+    }
+
+    /// Where the bytes go.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.0.ptr.as_ptr()
+    }
+
+    /// The buffer, its bytes initialised.
+    ///
+    /// # Safety
+    /// All `len` bytes must have been written since [`Unfilled::new`].
+    pub unsafe fn assume_filled(self) -> AlignedBuf {
+        self.0
+    }
+}
+
 impl AsRef<[u8]> for AlignedBuf {
     fn as_ref(&self) -> &[u8] {
         // SAFETY: `ptr` points to `len` initialised (zeroed, copied or read) bytes we own.
@@ -105,7 +133,8 @@ impl AsMut<[u8]> for AlignedBuf {
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         if let Ok(layout) = Layout::from_size_align(self.len.max(1), ALIGN) {
-            // SAFETY: allocated in `zeroed`, `copy_of` or `read_at` with this very layout.
+            // SAFETY: allocated in `zeroed`, `copy_of`, `read_at` or `Unfilled::new` with
+            // this very layout.
             unsafe { dealloc(self.ptr.as_ptr(), layout) }
         }
     }
@@ -149,5 +178,19 @@ mod tests {
         // Past the end: a short read is an error, not a half-filled buffer.
         let e = AlignedBuf::read_at(f.as_fd(), 8192, 8192).err().unwrap();
         assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    }
+
+    #[test]
+    fn an_unfilled_buffer_is_aligned_and_becomes_what_was_written_into_it() {
+        let mut u = Unfilled::new(8192).unwrap();
+        let ptr = u.as_mut_ptr();
+        assert!((ptr as usize).is_multiple_of(ALIGN));
+        // SAFETY: writes the 8192 bytes the buffer has, then says so.
+        let b = unsafe {
+            std::ptr::write_bytes(ptr, 0x5a, 8192);
+            u.assume_filled()
+        };
+        assert_eq!(b.as_ref(), &[0x5a; 8192][..]);
+        drop(Unfilled::new(4096).unwrap()); // freed unread
     }
 }

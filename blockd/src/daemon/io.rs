@@ -2,9 +2,11 @@
 //!
 //! Reads, writes and flushes go through an io_uring queue ([`super::uring`]), except a
 //! small read or write of an otherwise idle resource, which its task does itself
-//! ([`Backing::write_now`], [`Backing::read_now`]); FUA writes carry `RWF_DSYNC`. Reads and writes aligned to 4 KiB go through a second
-//! descriptor opened with `O_DIRECT` (when the filesystem allows it), bypassing the
-//! page cache; others use the page cache, which the kernel keeps coherent with direct
+//! ([`Backing::write_now`], [`Backing::read_now`]), and an UpToDate Primary's frontend
+//! reads, which the ublk queue threads read on their own rings
+//! ([`super::local_reads`]); FUA writes carry `RWF_DSYNC`. Reads and writes aligned to
+//! 4 KiB go through a second descriptor opened with `O_DIRECT` (when the filesystem
+//! allows it), bypassing the page cache; others use the page cache, which the kernel keeps coherent with direct
 //! I/O (it flushes and invalidates the range around each one), and range locks keep
 //! overlapping writes from racing. Aligned reads must bypass the cache too: a
 //! direct write over cached pages cannot be issued without blocking, so io_uring hands

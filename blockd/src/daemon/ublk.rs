@@ -24,7 +24,7 @@
 use super::local_reads::{LocalRead, LocalReads};
 use super::resource::{ResourceHandle, ResourceMsg};
 use super::HANDOVER_YIELD_BYTES;
-use crate::aligned::AlignedBuf;
+use crate::aligned::{AlignedBuf, Unfilled};
 use crate::engine::{IoOutcome, IoRequest};
 use io_uring::{opcode, types};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
@@ -613,8 +613,8 @@ async fn read_locally(
     len: usize,
     data: &mut TagData<'_>,
 ) -> Option<i32> {
-    let mut buf = InFlight(Some(AlignedBuf::zeroed(len)?));
-    let ptr = buf.0.as_mut()?.as_mut().as_mut_ptr();
+    let mut buf = InFlight(Some(Unfilled::new(len)?));
+    let ptr = buf.0.as_mut()?.as_mut_ptr();
     let sqe = opcode::Read::new(types::Fd(read.file().as_raw_fd()), ptr, len as u32)
         .offset(offset)
         .build();
@@ -625,6 +625,8 @@ async fn read_locally(
     if res.ok()? != len as i32 {
         return None;
     }
+    // SAFETY: the kernel wrote all `len` bytes (the read returned `len`).
+    let buf = unsafe { buf.assume_filled() };
     read.done(len);
     Some(match data.give(buf.as_ref()) {
         Ok(()) => len as i32,
@@ -633,7 +635,7 @@ async fn read_locally(
 }
 
 /// A buffer the kernel may still write into: leaked, not freed, if dropped.
-struct InFlight(Option<AlignedBuf>);
+struct InFlight(Option<Unfilled>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
