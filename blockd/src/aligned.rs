@@ -142,7 +142,12 @@ impl Drop for AlignedBuf {
 
 /// Whether a request can go to the O_DIRECT descriptor as it is.
 pub fn is_direct_ready(offset: u64, data: &[u8]) -> bool {
-    offset.is_multiple_of(ALIGN as u64) && data.len().is_multiple_of(ALIGN) && !data.is_empty()
+    is_direct_range(offset, data.len())
+}
+
+/// Whether `len` bytes at `offset` (not none) are block-aligned for O_DIRECT.
+pub fn is_direct_range(offset: u64, len: usize) -> bool {
+    offset.is_multiple_of(ALIGN as u64) && len.is_multiple_of(ALIGN) && len > 0
 }
 
 /// Whether the buffer itself is aligned.

@@ -6,8 +6,9 @@
 //! reads, which the ublk queue threads read on their own rings
 //! ([`super::local_reads`]); FUA writes carry `RWF_DSYNC`. Reads and writes aligned to
 //! 4 KiB go through a second descriptor opened with `O_DIRECT` (when the filesystem
-//! allows it), bypassing the page cache; others use the page cache, which the kernel keeps coherent with direct
-//! I/O (it flushes and invalidates the range around each one), and range locks keep
+//! allows it), bypassing the page cache; others use the page cache, which the kernel
+//! keeps coherent with direct I/O (it flushes and invalidates the range around each
+//! one), and range locks keep
 //! overlapping writes from racing. Aligned reads must bypass the cache too: a
 //! direct write over cached pages cannot be issued without blocking, so io_uring hands
 //! it to a worker thread (in the lab, a resync had cached the whole device and every
@@ -213,9 +214,10 @@ impl Backing {
     /// descriptors as [`Backing::read`] (see [`Backing::write_now`] for when).
     pub fn read_now(&self, offset: u64, len: u32) -> IoOutcome {
         let len = len as usize;
-        let direct = self.direct.as_ref().filter(|_| {
-            offset.is_multiple_of(aligned::ALIGN as u64) && len.is_multiple_of(aligned::ALIGN)
-        });
+        let direct = self
+            .direct
+            .as_ref()
+            .filter(|_| aligned::is_direct_range(offset, len));
         let file = direct.unwrap_or(&self.file);
         match aligned::AlignedBuf::read_at(file.as_fd(), len, offset) {
             Ok(b) => IoOutcome::Data(b.into_bytes()),

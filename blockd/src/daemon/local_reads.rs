@@ -18,7 +18,7 @@
 //! acknowledged), and overlapping requests in flight together have no defined order
 //! on any block device.
 
-use crate::aligned::ALIGN;
+use crate::aligned::is_direct_range;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,32 +61,19 @@ impl LocalReads {
         let Ok(mut open) = self.open.lock() else {
             return;
         };
-        let same = match (open.as_ref(), file) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        if !same {
+        if open.as_ref().map(Arc::as_ptr) != file.map(Arc::as_ptr) {
             *open = file.cloned();
         }
-    }
-
-    /// Whether the gate is open.
-    pub fn is_open(&self) -> bool {
-        self.open.lock().is_ok_and(|o| o.is_some())
     }
 
     /// The descriptor to read `len` bytes at `offset` from, if such a read may bypass
     /// the engine now: the gate is open and the range is inside the device and aligned
     /// for `O_DIRECT`.
     pub fn begin(&self, offset: u64, len: usize) -> Option<LocalRead<'_>> {
-        let aligned = len > 0
-            && offset.is_multiple_of(ALIGN as u64)
-            && len.is_multiple_of(ALIGN)
-            && offset
-                .checked_add(len as u64)
-                .is_some_and(|end| end <= self.size_bytes);
-        if !aligned {
+        let inside = offset
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= self.size_bytes);
+        if !inside || !is_direct_range(offset, len) {
             return None;
         }
         let file = self.open.lock().ok()?.clone()?;
@@ -139,7 +126,6 @@ mod tests {
         assert!(reads.begin(0, 4096).is_none(), "closed at first");
         let f = file();
         reads.publish(Some(&f));
-        assert!(reads.is_open());
         for (offset, len) in [(0, 0), (512, 4096), (0, 4097), ((1 << 20) - 4096, 8192)] {
             assert!(reads.begin(offset, len).is_none(), "{offset} {len}");
         }

@@ -640,10 +640,9 @@ impl ResourceTask {
             // Before any request of the batch is answered: a write acknowledged with
             // the disk just detached must not be read back from that disk.
             self.local_reads.publish(
-                self.engine
-                    .reads_locally()
-                    .then(|| self.backing.direct_file())
-                    .flatten(),
+                self.backing
+                    .direct_file()
+                    .filter(|_| self.engine.reads_locally()),
             );
             if actions.is_empty() {
                 if inline.is_empty() {
