@@ -575,6 +575,55 @@ pub fn edit_file(path: &Path, from: &str, to: &str) {
     }
 }
 
+/// A client process the test started, in a process group of its own: the whole group
+/// is killed once the process has exited and when the test ends, also on failure, so
+/// that nothing it forked outlives the test (a fio job process whose server died can
+/// spin for ever after fio itself has exited).
+pub struct ClientProcess(Child);
+
+impl ClientProcess {
+    /// Starts `cmd` in a new process group.
+    pub fn spawn(cmd: &mut Command) -> Result<ClientProcess> {
+        use std::os::unix::process::CommandExt;
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let child = cmd
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {program}"))?;
+        Ok(ClientProcess(child))
+    }
+
+    /// Waits up to `limit` for the process to exit, else kills it; then kills what is
+    /// left of its group. Its exit status.
+    pub fn wait_at_most(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.0.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.0.kill();
+                break self.0.wait()?;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        self.kill_group();
+        Ok(status)
+    }
+
+    fn kill_group(&self) {
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+impl Drop for ClientProcess {
+    fn drop(&mut self) {
+        self.kill_group();
+        let _ = self.0.wait();
+    }
+}
+
 /// The first `max` bytes of a file (for logs that may be huge).
 pub fn head(path: &Path, max: usize) -> String {
     use std::io::Read;

@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use hablock_tests::{
-    metric, prometheus_samples, qemu_io, require_tool, run_ok, Pair, PairOptions, NODES,
+    metric, prometheus_samples, qemu_io, require_tool, run_ok, ClientProcess, Pair, PairOptions,
+    NODES,
 };
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -182,19 +183,16 @@ fn secondary_killed_mid_fio_resyncs_only_the_written_blocks() {
         &["--do_verify=1", "--time_based=0"],
     );
     fio.current_dir(p.dir.path());
-    let child = fio
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let log_path = p.dir.path().join("fio.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = ClientProcess::spawn(fio.stdout(log.try_clone().unwrap()).stderr(log)).unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     p.kill9(SLAVE);
     std::thread::sleep(Duration::from_millis(1500));
     p.start(SLAVE).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "fio failed: {text}");
+    let status = child.wait_at_most(Duration::from_secs(120)).unwrap();
+    let text = hablock_tests::head(&log_path, 16000);
+    assert!(status.success(), "fio failed: {text}");
     assert!(!text.contains("verify: bad"), "{text}");
     let s = p
         .wait_for(MASTER, "resync done", |s| {
@@ -235,11 +233,7 @@ fn primary_killed_mid_fio_peer_has_every_acknowledged_write() {
     );
     fio.current_dir(p.dir.path());
     let log = std::fs::File::create(p.dir.path().join("fio.log")).unwrap();
-    let mut child = fio
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = ClientProcess::spawn(fio.stdout(log.try_clone().unwrap()).stderr(log)).unwrap();
     std::thread::sleep(Duration::from_millis(2000));
     // Protocol C holds while the link is up; a link dropped by an overloaded machine
     // would make this a (legitimate) stale failover, so say so instead of blaming verify.
@@ -249,7 +243,7 @@ fn primary_killed_mid_fio_peer_has_every_acknowledged_write() {
         "the link dropped during the run: {before}"
     );
     p.kill9(MASTER);
-    let status = child.wait().unwrap();
+    let status = child.wait_at_most(Duration::from_secs(60)).unwrap();
     let out = std::process::Output {
         status,
         stdout: Vec::new(),
