@@ -12,7 +12,7 @@
 //! then issues the local write and the peer's `Data` at once; the request completes
 //! when both are done. Without a peer the written blocks are marked in the dirty
 //! bitmap instead, and only those are resynced later. A failed local disk is
-//! detached and the peer serves what it held ([`detach`]).
+//! detached and the peer serves what it held (the `detach` module).
 
 pub mod decide;
 mod detach;
