@@ -3,8 +3,8 @@
 //!
 //! A read of an UpToDate Primary is answered from its own disk whatever else is going
 //! on ([`Engine::reads_locally`](crate::engine::Engine::reads_locally)), so the engine
-//! adds nothing to it but a hand-over to the resource's engine and back. Whoever runs
-//! the engine (the resource task or a frontend's thread) publishes here, after every batch of the engine's work and before
+//! adds nothing to it but two thread hand-overs: frontend → resource task → frontend.
+//! The resource task publishes here, after every batch of the engine's work and before
 //! it answers any request of that batch, whether that holds now, with the backing
 //! device's `O_DIRECT` descriptor. A ublk queue thread then reads a block-aligned range
 //! on its own io_uring and commits it in place. When the disk is detached, resyncing,

@@ -13,7 +13,8 @@ pub mod ublk;
 pub mod uring;
 
 /// A write at least this large is followed, once handed to the next thread on its way
-/// (a block to the session's writer thread, a submission to the io_uring thread), by one yield of the CPU, so that thread starts on it before this one goes
+/// (the ublk queue thread's to the resource task, a submission to the io_uring
+/// thread), by one yield of the CPU, so that thread starts on it before this one goes
 /// on with the next block: all of blockd's threads are `SCHED_BATCH`, so a wake-up
 /// alone does not preempt.
 const HANDOVER_YIELD_BYTES: usize = 64 * 1024;

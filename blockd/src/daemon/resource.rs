@@ -1,10 +1,5 @@
-//! The task that runs one resource. The resource's state (`Core`: the [`Engine`], the
-//! metadata store, the backing device, the session, the frontends) sits behind a lock:
-//! whoever holds it feeds the engine an input and carries out its actions in order. The
-//! task does so for its inbox (the peer, local completions, commands, ticks); a
-//! frontend's own thread does so for its request when the lock is free
-//! (`ResourceHandle::submit`), so a request's data leaves for the peer without a hop
-//! to the task.
+//! The task that runs one resource: it owns the [`Engine`], the metadata store and the
+//! backing device, feeds the engine its inputs and carries out its actions in order.
 
 use super::io::{Backing, Done};
 use super::local_reads::LocalReads;
@@ -22,7 +17,7 @@ use hablock_proto::types::DiskState;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -73,35 +68,17 @@ pub enum ResourceMsg {
 #[derive(Debug, Clone)]
 pub struct ResourceHandle {
     tx: mpsc::Sender<ResourceMsg>,
-    /// The resource's state, for [`Core::submit`] from the frontend's own thread.
-    core: Weak<Mutex<Core>>,
     size: u64,
 }
 
 impl ResourceHandle {
     /// Submits one request and waits for its outcome (a failure as an I/O error).
-    ///
-    /// Under a light load, when the resource task is not busy with its state, the
-    /// caller's thread hands the request to the engine itself and sends what follows
-    /// (the data to the peer, the write to the disk), as DRBD does from the submitting
-    /// context. Otherwise it goes through the inbox, where the task takes a burst of
-    /// requests in one go (taking each on the ublk queue thread cost up to a third of
-    /// the 4k QD32 writes per second in the lab). In the lab this saves one context
-    /// switch per 4k QD1 write on the master (10.4 instead of 11.5) and made 1M
-    /// sequential writes 5% faster (10 alternating rounds); QD1 latency did not change
-    /// measurably.
     pub(crate) async fn submit(&self, request: IoRequest) -> std::io::Result<IoOutcome> {
-        let rx = match self.submit_here(request) {
-            Ok(rx) => rx,
-            Err(request) => {
-                let (reply, rx) = oneshot::channel();
-                self.tx
-                    .send(ResourceMsg::Io { request, reply })
-                    .await
-                    .map_err(|_| std::io::Error::from_raw_os_error(libc::ESHUTDOWN))?;
-                rx
-            }
-        };
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(ResourceMsg::Io { request, reply })
+            .await
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::ESHUTDOWN))?;
         let outcome = rx
             .await
             .map_err(|_| std::io::Error::from_raw_os_error(libc::EIO))?;
@@ -109,22 +86,6 @@ impl ResourceHandle {
             IoOutcome::Failed(e) => Err(std::io::Error::from_raw_os_error(e)),
             other => Ok(other),
         }
-    }
-
-    /// [`Core::submit`] if the state is free now and little is in flight; the request
-    /// back if not (the state held by the resource task or another frontend thread, or
-    /// gone with a task that panicked, or a load the task batches better).
-    fn submit_here(&self, request: IoRequest) -> Result<oneshot::Receiver<IoOutcome>, IoRequest> {
-        let Some(core) = self.core.upgrade() else {
-            return Err(request);
-        };
-        let Ok(mut core) = core.try_lock() else {
-            return Err(request);
-        };
-        if !core.light_load() {
-            return Err(request);
-        }
-        Ok(core.submit(request))
     }
 }
 
@@ -174,14 +135,14 @@ impl NbdBackend for ResourceHandle {
 }
 
 /// Up to this many frontend requests and backing-device operations in flight, small
-/// frames are sent by the thread holding the core rather than by the writer thread
+/// frames are sent from the resource task rather than by the writer thread
 /// ([`sender::Writer`]).
 const LIGHT_LOAD: usize = 2;
 
 /// With little in flight and nothing waiting in the inbox, a local write of at most this
 /// many bytes on a node without frontend requests (a Secondary), or a read with at most
-/// one frontend request in flight (a Primary's single read), is done by the thread holding
-/// the core itself (a blocking `pread`/`pwritev2`, as long as the disk's latency) instead of by
+/// one frontend request in flight (a Primary's single read), is done by the resource task
+/// itself (a blocking `pread`/`pwritev2`, as long as the disk's latency) instead of by
 /// the io_uring thread. Under QEMU's TCG every hand-over from one thread to another cost
 /// 0.2–0.4 ms, longer than a 4 KiB write to the disk: a Secondary receiving one write at
 /// a time now receives, writes and acknowledges it on one thread, as DRBD's receiver
@@ -191,7 +152,7 @@ const LIGHT_LOAD: usize = 2;
 /// is), and fio's next request would wait behind the disk.
 const INLINE_IO_BYTES: usize = 64 * 1024;
 
-/// A small local operation the thread holding the core does itself ([`INLINE_IO_BYTES`]).
+/// A small local operation the resource task does itself ([`INLINE_IO_BYTES`]).
 enum InlineIo {
     Write {
         op: OpId,
@@ -331,37 +292,6 @@ pub struct ResourceTask {
     pub local_reads: Arc<LocalReads>,
 }
 
-/// A resource's state: the engine and everything its actions touch. The resource task
-/// holds the lock while it handles a message; a frontend's thread holds it while it
-/// submits a request itself ([`ResourceHandle::submit`]). Nothing holds it across an
-/// `.await`.
-struct Core {
-    name: String,
-    engine: Engine,
-    md: MdStore,
-    backing: Backing,
-    backing_path: PathBuf,
-    md_location: MdLocation,
-    ublk: Option<UblkConfig>,
-    nbd_socket: Option<PathBuf>,
-    events: broadcast::Sender<Event>,
-    want_link: watch::Sender<bool>,
-    tx: mpsc::Sender<ResourceMsg>,
-    started: Instant,
-    local_reads: Arc<LocalReads>,
-    /// Where the outcome of each frontend request in flight goes.
-    pending: HashMap<ReqId, oneshot::Sender<IoOutcome>>,
-    next_req: ReqId,
-    session: Option<Session>,
-    fronts: Frontends,
-    /// The runtime and the span of the resource task, entered by a frontend's thread
-    /// that submits a request itself (actions spawn tasks and log).
-    runtime: tokio::runtime::Handle,
-    span: tracing::Span,
-    /// This core, for the handles it gives frontends.
-    this: Weak<Mutex<Core>>,
-}
-
 fn now(start: Instant) -> Now {
     let wall_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -373,65 +303,17 @@ fn now(start: Instant) -> Now {
     }
 }
 
-/// The core, or `None` if a thread panicked while holding it: its state may be half
-/// changed, so the resource stops as if it had crashed.
-fn lock(core: &Mutex<Core>) -> Option<MutexGuard<'_, Core>> {
-    core.lock().ok()
-}
-
-/// What woke the resource task.
-enum Wake {
-    Tick,
-    Msg(ResourceMsg),
-}
-
 impl ResourceTask {
     /// Runs until shutdown.
-    pub async fn run(self) {
-        let ResourceTask {
-            name,
-            engine,
-            md,
-            backing,
-            backing_path,
-            md_location,
-            ublk,
-            nbd_socket,
-            events,
-            want_link,
-            mut rx,
-            tx,
-            started,
-            local_reads,
-        } = self;
-        let core = Arc::new_cyclic(|this| {
-            Mutex::new(Core {
-                name: name.clone(),
-                engine,
-                md,
-                backing,
-                backing_path,
-                md_location,
-                ublk,
-                nbd_socket,
-                events,
-                want_link,
-                tx,
-                started,
-                local_reads,
-                pending: HashMap::new(),
-                next_req: 1,
-                session: None,
-                fronts: Frontends::default(),
-                runtime: tokio::runtime::Handle::current(),
-                span: tracing::Span::current(),
-                this: this.clone(),
-            })
-        });
-        let start = started;
+    pub async fn run(mut self) {
+        let start = self.started;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending: HashMap<ReqId, oneshot::Sender<IoOutcome>> = HashMap::new();
+        let mut next_req: ReqId = 1;
         let mut next_session: u64 = 1;
+        let mut session: Option<Session> = None;
+        let mut fronts = Frontends::default();
         let mut shutdown_done: Option<oneshot::Sender<()>> = None;
         let mut leave_primary = false;
         // Role changes answered once the peer has seen them (or after a grace period)
@@ -440,106 +322,101 @@ impl ResourceTask {
             Vec::new();
         // Demotions waiting for frontend users to go away.
         let mut pending_demotions: Vec<(oneshot::Sender<CommandResult>, Instant)> = Vec::new();
-        if let Some(mut c) = lock(&core) {
-            c.recover_primary(start);
-            c.execute();
-        }
+        self.recover_primary(start);
+        self.execute(&mut pending, &mut session, &mut fronts);
         loop {
             // Frames staged while handling the last message go out before waiting for
             // the next one: from here while little is in flight (latency), else by
             // the writer thread.
-            match lock(&core) {
-                Some(mut c) => c.flush_staged(),
-                None => break,
+            if let Some(s) = session.as_mut() {
+                s.writer.flush(self.light_load(&pending));
             }
-            let wake = tokio::select! {
-                _ = tick.tick() => Wake::Tick,
-                msg = rx.recv() => match msg {
-                    Some(msg) => Wake::Msg(msg),
-                    None => break,
-                },
-            };
-            let Some(mut c) = lock(&core) else { break };
-            match wake {
-                Wake::Tick => c.engine.handle(now(start), Input::Tick),
-                Wake::Msg(ResourceMsg::Engine(input)) => c.engine.handle(now(start), input),
-                Wake::Msg(ResourceMsg::Io { request, reply }) => c.take_request(request, reply),
-                Wake::Msg(ResourceMsg::Command { cmd, reply }) => {
-                    if cmd == Command::Secondary && c.fronts.busy().is_some() {
-                        // A client that just closed its socket (or a mount just
-                        // released) may not be noticed yet: give it a moment.
-                        pending_demotions
-                            .push((reply, Instant::now() + Duration::from_millis(1500)));
-                        continue;
-                    }
-                    let promotion = matches!(cmd, Command::Primary { .. });
-                    let role_change = promotion || cmd == Command::Secondary;
-                    let r = c.engine.command(now(start), cmd);
-                    if role_change {
-                        awaiting.push((
-                            reply,
-                            r,
-                            Instant::now() + Duration::from_secs(2),
-                            promotion,
-                        ));
-                    } else {
-                        let _ = reply.send(r);
-                    }
+            tokio::select! {
+                _ = tick.tick() => {
+                    self.engine.handle(now(start), Input::Tick);
                 }
-                Wake::Msg(ResourceMsg::Attach { reply }) => {
-                    let _ = reply.send(c.attach(start));
-                }
-                Wake::Msg(ResourceMsg::Status { reply }) => {
-                    let _ = reply.send(c.status());
-                }
-                Wake::Msg(ResourceMsg::Session(s)) => {
-                    let id = next_session;
-                    next_session += 1;
-                    let features = s.features;
-                    // The engine closes the old session when it sees the new one.
-                    let new = c.start_session(id, s);
-                    if let Some(old) = c.session.replace(new) {
-                        old.reader.abort();
-                    }
-                    c.engine.handle(
-                        now(start),
-                        Input::PeerConnected {
-                            session: id,
-                            features,
-                        },
-                    );
-                }
-                Wake::Msg(ResourceMsg::FrontendChanged) => {}
-                Wake::Msg(ResourceMsg::Shutdown { done }) => {
-                    shutdown_done = Some(done);
-                    // The device's in-flight I/O still needs answers while it stops:
-                    // the loop runs until it is gone.
-                    if c.fronts.ublk.as_ref().is_some_and(|u| u.in_use()) {
-                        if let Some(u) = c.fronts.ublk.take() {
-                            warn!(resource = %c.name, device = %u.path().display(), "left in place with its I/O held: a restarted blockd re-attaches it");
-                            u.abandon();
-                            leave_primary = true;
+                msg = self.rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    match msg {
+                        ResourceMsg::Engine(input) => self.engine.handle(now(start), input),
+                        ResourceMsg::Io { request, reply } => {
+                            let req = next_req;
+                            next_req += 1;
+                            pending.insert(req, reply);
+                            self.engine.handle(now(start), Input::Io { req, request });
                         }
-                    } else {
-                        c.fronts.stop_ublk();
+                        ResourceMsg::Command { cmd, reply } => {
+                            if cmd == Command::Secondary && fronts.busy().is_some() {
+                                // A client that just closed its socket (or a mount just
+                                // released) may not be noticed yet: give it a moment.
+                                pending_demotions.push((reply, Instant::now() + Duration::from_millis(1500)));
+                                continue;
+                            }
+                            let promotion = matches!(cmd, Command::Primary { .. });
+                            let role_change = promotion || cmd == Command::Secondary;
+                            let r = self.engine.command(now(start), cmd);
+                            if role_change {
+                                awaiting.push((reply, r, Instant::now() + Duration::from_secs(2), promotion));
+                            } else {
+                                let _ = reply.send(r);
+                            }
+                        }
+                        ResourceMsg::Attach { reply } => {
+                            let _ = reply.send(self.attach(start));
+                        }
+                        ResourceMsg::Status { reply } => {
+                            let mut st = self.engine.status();
+                            st.devices.extend(fronts.devices());
+                            let io = &mut st.statistics;
+                            io.disk_read_bytes += self.local_reads.read_bytes();
+                            io.app_pending += self.local_reads.in_flight();
+                            io.local_pending += self.local_reads.in_flight();
+                            let _ = reply.send(st);
+                        }
+                        ResourceMsg::Session(s) => {
+                            let id = next_session;
+                            next_session += 1;
+                            let features = s.features;
+                            // The engine closes the old session when it sees the new one.
+                            let old = session.replace(self.start_session(id, s));
+                            if let Some(old) = old {
+                                old.reader.abort();
+                            }
+                            self.engine.handle(now(start), Input::PeerConnected { session: id, features });
+                        }
+                        ResourceMsg::FrontendChanged => {}
+                        ResourceMsg::Shutdown { done } => {
+                            shutdown_done = Some(done);
+                            // The device's in-flight I/O still needs answers while it
+                            // stops: the loop runs until it is gone.
+                            if fronts.ublk.as_ref().is_some_and(|u| u.in_use()) {
+                                if let Some(u) = fronts.ublk.take() {
+                                    warn!(resource = %self.name, device = %u.path().display(), "left in place with its I/O held: a restarted blockd re-attaches it");
+                                    u.abandon();
+                                    leave_primary = true;
+                                }
+                            } else {
+                                fronts.stop_ublk();
+                            }
+                        }
                     }
                 }
             }
-            c.execute();
+            self.execute(&mut pending, &mut session, &mut fronts);
             if !pending_demotions.is_empty() {
-                let busy = c.fronts.busy();
+                let busy = fronts.busy();
                 let now_i = Instant::now();
                 for (reply, deadline) in std::mem::take(&mut pending_demotions) {
                     match &busy {
                         None => {
-                            let r = c.engine.command(now(start), Command::Secondary);
-                            c.execute();
+                            let r = self.engine.command(now(start), Command::Secondary);
+                            self.execute(&mut pending, &mut session, &mut fronts);
                             awaiting.push((reply, r, now_i + Duration::from_secs(2), false));
                         }
                         Some(why) if now_i >= deadline => {
                             let _ = reply.send(CommandResult::Refused(format!(
                                 "{} is in use: {why}",
-                                c.name
+                                self.name
                             )));
                         }
                         Some(_) => pending_demotions.push((reply, deadline)),
@@ -547,78 +424,25 @@ impl ResourceTask {
                 }
             }
             if !awaiting.is_empty() {
-                c.answer_role_changes(start, &mut awaiting);
+                self.answer_role_changes(
+                    start,
+                    &mut awaiting,
+                    &mut pending,
+                    &mut session,
+                    &mut fronts,
+                );
             }
-            if shutdown_done.is_some() && c.fronts.settled() {
+            if shutdown_done.is_some() && fronts.settled() {
                 break;
             }
         }
-        stop(&core, leave_primary).await;
+        self.stop(&mut fronts, leave_primary).await;
+        if let Some(s) = session.take() {
+            s.reader.abort();
+        }
         if let Some(done) = shutdown_done {
             let _ = done.send(());
         }
-    }
-}
-
-/// Stops the resource: its frontends, then what the engine must persist.
-async fn stop(core: &Mutex<Core>, leave_primary: bool) {
-    const POISONED: &str =
-        "a panic left the resource's state half changed: stopped without persisting it";
-    let Some(ublk) = lock(core).map(|mut c| c.fronts.ublk.take()) else {
-        error!("{POISONED}");
-        return;
-    };
-    if let Some(u) = ublk {
-        let _ = tokio::task::spawn_blocking(move || u.stop()).await;
-    }
-    match lock(core) {
-        Some(mut c) => c.stop(leave_primary),
-        None => error!("{POISONED}"),
-    }
-}
-
-impl Core {
-    /// Hands a frontend request to the engine, from the caller's thread, and carries out
-    /// what follows; the outcome arrives on the receiver.
-    fn submit(&mut self, request: IoRequest) -> oneshot::Receiver<IoOutcome> {
-        let (runtime, span) = (self.runtime.clone(), self.span.clone());
-        let _runtime = runtime.enter();
-        let _span = span.enter();
-        let (reply, rx) = oneshot::channel();
-        self.take_request(request, reply);
-        self.execute();
-        self.flush_staged();
-        rx
-    }
-
-    /// Hands a frontend request to the engine.
-    fn take_request(&mut self, request: IoRequest, reply: oneshot::Sender<IoOutcome>) {
-        let req = self.next_req;
-        self.next_req += 1;
-        self.pending.insert(req, reply);
-        self.engine
-            .handle(now(self.started), Input::Io { req, request });
-    }
-
-    /// Sends what handling the last input staged for the peer: from this thread while
-    /// little is in flight (latency), else by the writer thread.
-    fn flush_staged(&mut self) {
-        let light = self.light_load();
-        if let Some(s) = self.session.as_mut() {
-            s.writer.flush(light);
-        }
-    }
-
-    /// The resource's status, with the frontends' devices and the reads they did
-    /// themselves.
-    fn status(&self) -> ResourceStatus {
-        let mut st = self.engine.status();
-        st.devices.extend(self.fronts.devices());
-        let io = &mut st.statistics;
-        io.disk_read_bytes += self.local_reads.read_bytes();
-        io.app_pending += self.local_reads.in_flight();
-        io.local_pending += self.local_reads.in_flight();
-        st
     }
 
     /// Answers the role changes that are ready: the peer has seen the new role (or the
@@ -628,21 +452,24 @@ impl Core {
         &mut self,
         start: Instant,
         awaiting: &mut Vec<(oneshot::Sender<CommandResult>, CommandResult, Instant, bool)>,
+        pending: &mut HashMap<ReqId, oneshot::Sender<IoOutcome>>,
+        session: &mut Option<Session>,
+        fronts: &mut Frontends,
     ) {
         let known = self.engine.peer_knows_state();
-        let settled = self.fronts.settled();
+        let settled = fronts.settled();
         let now_i = Instant::now();
         let (ready, wait): (Vec<_>, Vec<_>) = awaiting
             .drain(..)
             .partition(|(_, _, deadline, _)| settled && (known || now_i >= *deadline));
         *awaiting = wait;
         for (reply, r, _, promotion) in ready {
-            let failure = self.fronts.ublk_failure();
+            let failure = fronts.ublk_failure();
             match (promotion, &r, failure) {
                 (true, CommandResult::Ok(_), Some(why)) => {
                     error!(resource = %self.name, "promotion undone: {why}");
                     self.engine.command(now(start), Command::Secondary);
-                    self.execute();
+                    self.execute(pending, session, fronts);
                     let _ = reply.send(CommandResult::Refused(format!(
                         "{}: the ublk device did not start ({why}); still Secondary",
                         self.name
@@ -737,13 +564,11 @@ impl Core {
         }
     }
 
-    /// Stops what is left once the ublk device has stopped: the NBD export, the
-    /// session, and persists the engine's state.
-    fn stop(&mut self, leave_primary: bool) {
-        if let Some(s) = self.session.take() {
-            s.reader.abort();
+    async fn stop(&mut self, fronts: &mut Frontends, leave_primary: bool) {
+        if let Some(u) = fronts.ublk.take() {
+            let _ = tokio::task::spawn_blocking(move || u.stop()).await;
         }
-        if let Some(e) = self.fronts.nbd.take() {
+        if let Some(e) = fronts.nbd.take() {
             let _ = e.shutdown.send(true);
             e.task.abort();
             let _ = std::fs::remove_file(&e.path);
@@ -783,29 +608,32 @@ impl Core {
     }
 
     /// Little is in flight: small frames may go out from here ([`LIGHT_LOAD`]).
-    fn light_load(&self) -> bool {
-        self.pending.len() + self.engine.local_ops_in_flight() <= LIGHT_LOAD
+    fn light_load(&self, pending: &HashMap<ReqId, oneshot::Sender<IoOutcome>>) -> bool {
+        pending.len() + self.engine.local_ops_in_flight() <= LIGHT_LOAD
     }
 
-    /// Whether nothing waits in the inbox (each message holds one of its permits until
-    /// the task takes it).
-    fn inbox_is_empty(&self) -> bool {
-        self.tx.capacity() == self.tx.max_capacity()
-    }
-
-    /// Whether a small local operation may be done by this thread right now
+    /// Whether a small local operation may be done by this task right now
     /// ([`INLINE_IO_BYTES`]): at most `requests` frontend requests in flight, little in
     /// flight in all, and nothing waiting in the inbox (a message behind this one, the
     /// next of a burst of peer writes or of fio's requests, would wait for the disk, and
     /// a burst would reach the disk one write at a time).
-    fn may_inline(&self, requests: usize) -> bool {
-        self.pending.len() <= requests && self.light_load() && self.inbox_is_empty()
+    fn may_inline(
+        &self,
+        pending: &HashMap<ReqId, oneshot::Sender<IoOutcome>>,
+        requests: usize,
+    ) -> bool {
+        pending.len() <= requests && self.light_load(pending) && self.rx.is_empty()
     }
 
     /// Carries out the engine's actions until it has none left. A small local read or
     /// write of an otherwise idle node is done right here, once the frames of its batch
     /// are out ([`INLINE_IO_BYTES`]), and its outcome goes straight back to the engine.
-    fn execute(&mut self) {
+    fn execute(
+        &mut self,
+        pending: &mut HashMap<ReqId, oneshot::Sender<IoOutcome>>,
+        session: &mut Option<Session>,
+        fronts: &mut Frontends,
+    ) {
         let mut inline = Vec::new();
         loop {
             let actions = self.engine.take_actions();
@@ -821,7 +649,9 @@ impl Core {
                     return;
                 }
                 // What the batch staged leaves before this thread waits on the disk.
-                self.flush_staged();
+                if let Some(s) = session.as_mut() {
+                    s.writer.flush(self.light_load(pending));
+                }
                 for io in inline.drain(..) {
                     let (op, outcome) = match io {
                         InlineIo::Write {
@@ -849,7 +679,7 @@ impl Core {
                         offset,
                         data,
                         fua,
-                    } if data.len() <= INLINE_IO_BYTES && self.may_inline(0) => {
+                    } if data.len() <= INLINE_IO_BYTES && self.may_inline(pending, 0) => {
                         inline.push(InlineIo::Write {
                             op,
                             offset,
@@ -861,19 +691,25 @@ impl Core {
                     // A read for the peer, or the one request of a Primary: what it
                     // waits for.
                     Action::LocalRead { op, offset, len }
-                        if len as usize <= INLINE_IO_BYTES && self.may_inline(1) =>
+                        if len as usize <= INLINE_IO_BYTES && self.may_inline(pending, 1) =>
                     {
                         inline.push(InlineIo::Read { op, offset, len });
                         continue;
                     }
                     other => other,
                 };
-                self.execute_one(action);
+                self.execute_one(action, pending, session, fronts);
             }
         }
     }
 
-    fn execute_one(&mut self, action: Action) {
+    fn execute_one(
+        &mut self,
+        action: Action,
+        pending: &mut HashMap<ReqId, oneshot::Sender<IoOutcome>>,
+        session: &mut Option<Session>,
+        fronts: &mut Frontends,
+    ) {
         match action {
             Action::LocalRead { op, offset, len } => {
                 self.backing.read(offset, len, self.local_done(op));
@@ -900,24 +736,24 @@ impl Core {
                 self.backing.flush(self.local_done(op));
             }
             Action::Send(frame) => {
-                let light = self.light_load();
-                if let Some(s) = self.session.as_mut() {
-                    s.writer.send(encode_parts(&frame), light);
+                if let Some(s) = session {
+                    s.writer
+                        .send(encode_parts(&frame), self.light_load(pending));
                 }
             }
             Action::CloseSession {
                 session: id,
                 reason,
             } => {
-                if self.session.as_ref().is_some_and(|s| s.id == id) {
-                    if let Some(s) = self.session.take() {
+                if session.as_ref().is_some_and(|s| s.id == id) {
+                    if let Some(s) = session.take() {
                         info!(resource = %self.name, session = s.id, %reason, "closing peer session");
                         s.reader.abort();
                     }
                 }
             }
             Action::Complete { req, outcome } => {
-                if let Some(reply) = self.pending.remove(&req) {
+                if let Some(reply) = pending.remove(&req) {
                     let _ = reply.send(outcome);
                 }
             }
@@ -937,15 +773,15 @@ impl Core {
             }
             Action::SetExported(on) => {
                 if on {
-                    if self.fronts.ublk.is_none() {
-                        self.fronts.ublk = self.start_ublk();
+                    if fronts.ublk.is_none() {
+                        fronts.ublk = self.start_ublk();
                     }
-                    if self.fronts.nbd.is_none() {
-                        self.fronts.nbd = self.start_export();
+                    if fronts.nbd.is_none() {
+                        fronts.nbd = self.start_export();
                     }
                 } else {
-                    self.fronts.stop_ublk();
-                    if let Some(e) = self.fronts.nbd.take() {
+                    fronts.stop_ublk();
+                    if let Some(e) = fronts.nbd.take() {
                         let _ = e.shutdown.send(true);
                         e.task.abort();
                         let _ = std::fs::remove_file(&e.path);
@@ -997,7 +833,6 @@ impl Core {
     fn handle(&self) -> ResourceHandle {
         ResourceHandle {
             tx: self.tx.clone(),
-            core: self.this.clone(),
             size: self.engine.size_bytes(),
         }
     }

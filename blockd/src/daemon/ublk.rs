@@ -2,11 +2,9 @@
 //!
 //! One thread per device runs libublk's control path (`run_target`), and libublk runs one
 //! thread per queue. Each queue thread runs a small local executor with one task per tag:
-//! the task turns the kernel's request into an [`IoRequest`], submits it through the
-//! resource's [`ResourceHandle`] (the same path the NBD frontend uses) and commits the
-//! outcome. The submission usually runs the engine on this thread, which sends the data
-//! to the peer and the write to the disk's io_uring thread itself; the outcome is then
-//! produced on tokio threads (the peer's acknowledgement): every waker given to
+//! the task turns the kernel's request into an [`IoRequest`], hands it to the resource
+//! task (tokio) through its [`ResourceHandle`] (the same path the NBD frontend uses) and
+//! commits the outcome. Those outcomes are produced on tokio threads: every waker given to
 //! them is wrapped so that waking the tag's task also writes an eventfd that the queue's
 //! io_uring polls, so the queue thread leaves `io_uring_enter` at once.
 //!
@@ -648,15 +646,15 @@ impl Drop for InFlight {
 }
 
 /// Waits for `submitted`, giving the CPU away once after its first poll has handed the
-/// request on (to the writer and io_uring threads, or to the resource task).
+/// request to the resource task.
 ///
 /// When the kernel hands over several large writes at once, this thread would
 /// otherwise copy all of them in before blockd's other threads (all `SCHED_BATCH`, so a
 /// wake-up does not preempt) could start replicating the first: in the lab (one vCPU
 /// per guest, 1 MiB writes at QD4) the first block of such a batch left for the peer
 /// ~10 ms after fio issued it, with the replication link idle meanwhile. After the
-/// yield the writer thread starts sending the block while this thread copies the
-/// next (measured when the resource task still took each block in between): 1M QD4 +4% in the same lab (14 alternating
+/// yield the resource task takes the block and the writer thread starts sending it
+/// while this thread copies the next: 1M QD4 +4% in the same lab (14 alternating
 /// rounds in one boot, 12 of them faster).
 async fn yield_once_handed_over<F: Future + Unpin>(mut submitted: F) -> F::Output {
     let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut submitted).poll(cx))).await;
