@@ -143,6 +143,17 @@ fn offset_after(line: &str, marker: &str) -> Option<u64> {
         .ok()
 }
 
+/// Starts `fio` in `dir`, its output going to `dir/fio.log` (returned).
+fn start_fio(fio: &mut Command, dir: &std::path::Path) -> (ClientProcess, std::path::PathBuf) {
+    let log_path = dir.join("fio.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let fio = fio
+        .current_dir(dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    (ClientProcess::spawn(fio).unwrap(), log_path)
+}
+
 fn fio_job(uri: &str, size: &str, extra: &[&str]) -> Command {
     require_tool("fio");
     let mut c = Command::new("fio");
@@ -182,10 +193,7 @@ fn secondary_killed_mid_fio_resyncs_only_the_written_blocks() {
         "64M",
         &["--do_verify=1", "--time_based=0"],
     );
-    fio.current_dir(p.dir.path());
-    let log_path = p.dir.path().join("fio.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = ClientProcess::spawn(fio.stdout(log.try_clone().unwrap()).stderr(log)).unwrap();
+    let (mut child, log_path) = start_fio(&mut fio, p.dir.path());
     std::thread::sleep(Duration::from_millis(1000));
     p.kill9(SLAVE);
     std::thread::sleep(Duration::from_millis(1500));
@@ -231,9 +239,7 @@ fn primary_killed_mid_fio_peer_has_every_acknowledged_write() {
         "128M",
         &["--do_verify=0", "--verify_state_save=1"],
     );
-    fio.current_dir(p.dir.path());
-    let log = std::fs::File::create(p.dir.path().join("fio.log")).unwrap();
-    let mut child = ClientProcess::spawn(fio.stdout(log.try_clone().unwrap()).stderr(log)).unwrap();
+    let (mut child, log_path) = start_fio(&mut fio, p.dir.path());
     std::thread::sleep(Duration::from_millis(2000));
     // Protocol C holds while the link is up; a link dropped by an overloaded machine
     // would make this a (legitimate) stale failover, so say so instead of blaming verify.
@@ -244,14 +250,9 @@ fn primary_killed_mid_fio_peer_has_every_acknowledged_write() {
     );
     p.kill9(MASTER);
     let status = child.wait_at_most(Duration::from_secs(60)).unwrap();
-    let out = std::process::Output {
-        status,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-    };
-    let text = hablock_tests::head(&p.dir.path().join("fio.log"), 4000);
+    let text = hablock_tests::head(&log_path, 4000);
     assert!(
-        !out.status.success(),
+        !status.success(),
         "fio should have seen its server die: {text}"
     );
     let state = p.dir.path().join("local-hablock-0-verify.state");

@@ -8,14 +8,13 @@
 //! 4 KiB go through a second descriptor opened with `O_DIRECT` (when the filesystem
 //! allows it), bypassing the page cache; others use the page cache, which the kernel
 //! keeps coherent with direct I/O (it flushes and invalidates the range around each
-//! one), and range locks keep
-//! overlapping writes from racing. Aligned reads must bypass the cache too: a
-//! direct write over cached pages cannot be issued without blocking, so io_uring hands
-//! it to a worker thread (in the lab, a resync had cached the whole device and every
-//! later write took that detour). Discards and write-zeroes (rare) run on tokio's blocking
-//! pool. Where io_uring is unavailable the daemon says so and uses positioned
-//! reads and writes on the blocking pool instead. Durability policy: a write completes when
-//! the kernel has it (it survives a crash of blockd, not a power loss, exactly like a
+//! one), and range locks keep overlapping writes from racing. Aligned reads must bypass
+//! the cache too: a direct write over cached pages cannot be issued without blocking,
+//! so io_uring hands it to a worker thread (in the lab, a resync had cached the whole
+//! device and every later write took that detour). Discards and write-zeroes (rare) run
+//! on tokio's blocking pool. Where io_uring is unavailable the daemon says so and uses
+//! positioned reads and writes on the blocking pool instead. Durability policy: a write
+//! completes when the kernel has it (it survives a crash of blockd, not a power loss, exactly like a
 //! disk with a volatile cache); FUA writes and flushes call `fdatasync` before they
 //! complete, and a failed `fdatasync` is reported to the issuer as an I/O error, never
 //! retried (the kernel may have dropped the dirty pages).
