@@ -4,7 +4,8 @@
 # DRBD 8.4 on /dev/vdd (+ Heartbeat for the cluster), hablock from its .deb on
 # /dev/vdb with the example config.
 # The caller sets: me (its name, for messages), lab (vm-images/lab), work (a scratch
-# directory), vip (the cluster's address), runtime (fio seconds per job).
+# directory), runtime (fio seconds per job), and for the *_start_cluster functions vip
+# (the cluster's address).
 
 fail() { echo "$me: FAILED: $*" >&2; $lab logs >&2 || true; exit 1; }
 x() { local out; out=$($lab exec "$1" -- "$2" 2>&1) || fail "on $1: $2 -> $out"; printf '%s' "$out"; }
